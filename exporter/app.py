@@ -1,0 +1,272 @@
+"""The running exporter: sources on threads, the tracker, the HTTP server, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from dataclasses import asdict
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+
+from exporter import __version__
+from exporter.collector import StormCollector
+from exporter.config import Config
+from exporter.events import Event, ScanCompleted
+from exporter.http import build_app
+from exporter.kube import KubernetesUnavailable, kubernetes_mode
+from exporter.procfs import ProcFS
+from exporter.sources.base import Source, SourceUnavailable
+from exporter.sources.netlink import NetlinkSource
+from exporter.sources.poll import PollSource
+from exporter.sources.tracefs import TracefsSource
+from exporter.tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.1
+
+
+class StartupError(Exception):
+    """The exporter cannot start; the message says what to change."""
+
+
+class Exporter:
+    """Everything one exporter process runs, wired together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.procfs = ProcFS(config.procfs)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.tracker = Tracker(
+            leftover_grace=config.leftover_grace,
+            topology_max=config.topology_max,
+            topology_retention=config.topology_retention,
+            lookup=self.procfs.read_info,
+            host_pidns=self.procfs.read_pidns(1),
+        )
+        self.registry = CollectorRegistry()
+        self.collector = StormCollector(self.tracker, self.lock)
+        self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.scan_duration = Histogram(
+            "storm_termination_exporter_scan_duration_seconds",
+            "Duration of a full /proc scan.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.sources: list[Source] = []
+        self.poll: PollSource | None = None
+        self.threads: list[threading.Thread] = []
+
+    # Events from source threads.
+
+    def emit(self, event: Event) -> None:
+        with self.lock:
+            self.tracker.handle(event)
+        if isinstance(event, ScanCompleted):
+            self.ready.set()
+
+    def tracked(self) -> list[tuple[int, int, bool]]:
+        with self.lock:
+            return self.tracker.tracked_processes()
+
+    # Sources.
+
+    def open_sources(self) -> None:
+        """Open the requested sources, or in auto mode every one that works."""
+        requested = self.config.sources or ("tracefs", "netlink")
+        explicit = bool(self.config.sources)
+        unavailable: dict[str, str] = {}
+        for name in ("tracefs", "netlink"):
+            if name not in requested:
+                continue
+            source = self._make(name)
+            try:
+                source.open()
+            except SourceUnavailable as error:
+                if explicit:
+                    raise StartupError(f"event source {name} is unavailable: {error}") from error
+                unavailable[name] = str(error)
+                continue
+            self.sources.append(source)
+        active = [source.name for source in self.sources]
+        quick = "netlink" not in active
+        self.poll = PollSource(
+            self.procfs,
+            interval=self.config.poll_interval,
+            scan_interval=self.config.scan_interval,
+            quick=quick,
+            tracked=self.tracked,
+            on_scan=self.scan_duration.observe,
+        )
+        self._set_capabilities()
+        self._log_sources(unavailable)
+
+    def _make(self, name: str) -> Source:
+        if name == "tracefs":
+            return TracefsSource(tracing_root=self.config.tracefs or None)
+        return NetlinkSource(read_info=self.procfs.read_info)
+
+    def active_sources(self) -> list[str]:
+        names = [source.name for source in self.sources]
+        if self.poll is not None and self.poll.quick:
+            names.append("poll")
+        return names
+
+    def _set_capabilities(self) -> None:
+        names = self.active_sources()
+        with self.lock:
+            self.tracker.signals_visible = "tracefs" in names
+            self.tracker.exits_known = "netlink" in names
+        self.collector.sources = names
+
+    def _log_sources(self, unavailable: dict[str, str]) -> None:
+        active = self.active_sources()
+        skipped = "; ".join(f"{name}: {reason}" for name, reason in unavailable.items())
+        logger.info(
+            "Event sources active=%s full_scan_every=%.0fs%s",
+            ",".join(active),
+            self.config.scan_interval,
+            f" unavailable=({skipped})" if skipped else "",
+        )
+
+    def start_sources(self) -> None:
+        for source in [*self.sources, self.poll]:
+            thread = threading.Thread(
+                target=self._run_source, args=(source,), name=f"source-{source.name}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def _run_source(self, source: Source) -> None:
+        try:
+            source.run(self.emit, self.stop)
+        except Exception:
+            if self.stop.is_set():
+                return
+            logger.exception("Event source %s failed; falling back", source.name)
+            self.collector.source_errors[source.name] += 1
+            self._fall_back(source)
+
+    def _fall_back(self, failed: Source) -> None:
+        """Drop a failed source; without the proc connector, polling takes over exits."""
+        try:
+            failed.close()
+        except OSError as error:
+            logger.warning("Closing failed source %s: %s", failed.name, error)
+        if failed in self.sources:
+            self.sources.remove(failed)
+        if failed is self.poll:
+            logger.error("The /proc poll source failed; metrics stop updating until restart")
+            return
+        if failed.name == "netlink" and self.poll is not None:
+            self.poll.quick = True
+        self._set_capabilities()
+        logger.info("Event sources now active=%s", ",".join(self.active_sources()))
+
+    def close_sources(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=0.5)
+        for source in [*self.sources, self.poll]:
+            if source is None:
+                continue
+            try:
+                source.close()
+            except OSError as error:
+                logger.warning("Closing source %s failed: %s", source.name, error)
+
+    # Main loop.
+
+    async def serve(self) -> int:
+        """Run until SIGTERM or SIGINT; return the exit status."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen > 1:
+                logger.warning("Second %s; exiting at once", signal.Signals(signum).name)
+                os._exit(1)
+            logger.info("Received %s; stopping", signal.Signals(signum).name)
+            stopping.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+
+        runner = await self._start_http()
+        try:
+            try:
+                mode = kubernetes_mode(self.config)
+            except KubernetesUnavailable as error:
+                raise StartupError(str(error)) from error
+            logger.info("Kubernetes pod watch mode=%s", mode)
+            self.open_sources()
+            self.start_sources()
+            while not stopping.is_set():
+                with self.lock:
+                    self.tracker.tick()
+                try:
+                    await asyncio.wait_for(stopping.wait(), TICK_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.stop.set()
+            await loop.run_in_executor(None, self.close_sources)
+            await runner.cleanup()
+            logger.info("Stopped")
+        return 0
+
+    async def _start_http(self) -> web.AppRunner:
+        app = build_app(
+            registry=self.registry,
+            telemetry_path=self.config.telemetry_path,
+            ready=self.ready.is_set,
+            describe_sources=lambda: ", ".join(self.active_sources()) or "none yet",
+            version=__version__,
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host = self.config.listen_host or None
+        site = web.TCPSite(runner, host, self.config.listen_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            address = f"{self.config.listen_host}:{self.config.listen_port}"
+            raise StartupError(
+                f"cannot listen on {address}: {error.strerror or error}; "
+                "choose another port with --web.listen-address"
+            ) from error
+        logger.info(
+            "Listening address=%s:%d telemetry_path=%s",
+            self.config.listen_host or "*", self.config.listen_port, self.config.telemetry_path,
+        )
+        return runner
+
+
+def run(config: Config) -> int:
+    """Start the exporter with ``config`` and block until it stops."""
+    logger.info(
+        "Starting storm-termination-exporter version=%s pid=%d config=%s",
+        __version__, os.getpid(), _describe(config),
+    )
+    try:
+        return asyncio.run(Exporter(config).serve())
+    except StartupError as error:
+        logger.error("%s", error)
+        return 1
+
+
+def _describe(config: Config) -> str:
+    fields = asdict(config)
+    fields["kubeconfig"] = "set" if fields["kubeconfig"] else ""
+    return " ".join(f"{key}={value!r}" for key, value in fields.items())

@@ -1,0 +1,194 @@
+"""Metric families built from the tracker's state at scrape time."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.tracker import DURATION_BUCKETS, Tracker
+
+STATES = ("running", "terminating")
+
+
+class StormCollector(Collector):
+    """Yield the storm_worker_* families and the exporter's own state.
+
+    Everything is read under ``lock``, the lock the sources hold while they
+    update the tracker, so one scrape sees one consistent state.
+    """
+
+    def __init__(self, tracker: Tracker, lock: threading.Lock, sources: Iterable[str] = ()):
+        self.tracker = tracker
+        self.lock = lock
+        self.sources: list[str] = list(sources)
+        self.source_errors: defaultdict[str, int] = defaultdict(int)
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        with self.lock:
+            now = self.tracker.clock()
+            yield from self._worker_families(now)
+            yield from self._episode_families()
+            yield from self._exporter_families()
+
+    def _worker_families(self, now: float) -> Iterator:
+        tracker = self.tracker
+        workers = GaugeMetricFamily(
+            "storm_workers", "Live Storm worker JVMs on this node.", labels=["topology", "state"]
+        )
+        info = GaugeMetricFamily(
+            "storm_worker_info",
+            "One series per live worker JVM; namespace, pod and container are empty "
+            "until the worker's pod is known.",
+            labels=["topology", "worker_id", "port", "uid", "namespace", "pod", "container"],
+        )
+        pending = GaugeMetricFamily(
+            "storm_worker_termination_pending_seconds",
+            "Age of the oldest termination request whose worker is still alive; 0 when none.",
+            labels=["topology"],
+        )
+        leftovers = GaugeMetricFamily(
+            "storm_worker_leftover_processes",
+            "Processes of a worker's tree still alive after the leftover grace since the "
+            "worker exited.",
+            labels=["topology"],
+        )
+        labels = [label for label in tracker.labels.last_active]
+        counts = {(label, state): 0 for label in labels for state in STATES}
+        oldest = {label: 0.0 for label in labels}
+        for worker in tracker.live_workers():
+            state = "terminating" if worker.request_time is not None else "running"
+            counts[(worker.label, state)] = counts.get((worker.label, state), 0) + 1
+            if worker.request_time is not None:
+                age = max(0.0, now - worker.request_time)
+                oldest[worker.label] = max(oldest.get(worker.label, 0.0), age)
+            info.add_metric(
+                [
+                    worker.label,
+                    worker.worker_id,
+                    "" if worker.port is None else str(worker.port),
+                    "" if worker.uid is None else str(worker.uid),
+                    "",
+                    "",
+                    "",
+                ],
+                1,
+            )
+        for (label, state), value in sorted(counts.items()):
+            workers.add_metric([label, state], value)
+        for label, age in sorted(oldest.items()):
+            pending.add_metric([label], age)
+        alive = tracker.leftover_counts()
+        for label in sorted(set(labels) | set(alive)):
+            leftovers.add_metric([label], alive.get(label, 0))
+        yield from (workers, info, pending, leftovers)
+
+    def _episode_families(self) -> Iterator:
+        tracker = self.tracker
+        yield _counter(
+            "storm_worker_exits",
+            "Worker JVM exits by outcome: graceful, halted (exit 20 from Storm's shutdown "
+            "watchdog), sigkill, crashed (no request) or unknown.",
+            ["topology", "outcome"],
+            tracker.exits,
+        )
+        yield _counter(
+            "storm_worker_sigkill_escalations",
+            "Requested worker terminations that ended by SIGKILL.",
+            ["topology"],
+            {(k,): v for k, v in tracker.escalations.items()},
+        )
+        yield _counter(
+            "storm_worker_leftover_processes_detected",
+            "Leftover processes found: alive after the leftover grace since their worker exited.",
+            ["topology"],
+            {(k,): v for k, v in tracker.leftovers_detected.items()},
+        )
+        yield _counter(
+            "storm_worker_signals",
+            "Signals generated for processes of worker trees, by signal and sender class.",
+            ["topology", "signal", "sender"],
+            tracker.signals,
+        )
+        yield _counter(
+            "storm_worker_kill_commands",
+            "kill and worker-launcher commands aimed at a worker JVM or its LogWriter.",
+            ["topology", "signal"],
+            tracker.kill_commands,
+        )
+        durations = HistogramMetricFamily(
+            "storm_worker_shutdown_duration_seconds",
+            "Time from a worker's termination request to its JVM's exit.",
+            labels=["topology", "outcome"],
+        )
+        for (label, result), histogram in sorted(tracker.durations.items()):
+            buckets, cumulative = [], 0
+            for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram.counts):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            durations.add_metric([label, result], buckets, histogram.total)
+        yield durations
+
+    def _exporter_families(self) -> Iterator:
+        tracker = self.tracker
+        yield InfoMetricFamily(
+            "storm_termination_exporter_build",
+            "Version of the exporter.",
+            value={"version": __version__},
+        )
+        active = GaugeMetricFamily(
+            "storm_termination_exporter_event_source_info",
+            "Event sources in use; 1 per active source.",
+            labels=["source"],
+        )
+        for source in self.sources:
+            active.add_metric([source], 1)
+        yield active
+        yield _counter(
+            "storm_termination_exporter_events_lost",
+            "Events known to be lost: reported by the kernel, or found missing by a full scan.",
+            ["source"],
+            {(k,): v for k, v in tracker.events_lost.items()},
+        )
+        yield _counter(
+            "storm_termination_exporter_event_source_errors",
+            "Failures of an event source after it started; the exporter fell back.",
+            ["source"],
+            {(k,): v for k, v in self.source_errors.items()},
+        )
+        overflow = CounterMetricFamily(
+            "storm_termination_exporter_topology_overflow",
+            "Workers whose topology label became _other because --topology.max topologies "
+            "were already exported.",
+        )
+        overflow.add_metric([], tracker.labels.overflowed)
+        yield overflow
+        processes = GaugeMetricFamily(
+            "storm_termination_exporter_processes",
+            "Live processes in the exporter's process table.",
+        )
+        processes.add_metric([], len(tracker.table))
+        yield processes
+
+
+def _counter(name: str, documentation: str, labels: list[str], values: dict) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value))

@@ -1,0 +1,62 @@
+"""HTTP endpoints: /metrics, /healthz, /readyz and an index page."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from typing import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+INDEX = """<!doctype html>
+<html><head><title>Storm termination exporter</title></head>
+<body><h1>Storm termination exporter</h1>
+<p>Version {version}. Event sources: {sources}.</p>
+<ul>
+<li><a href="{metrics}">Metrics</a></li>
+<li><a href="/healthz">Health</a></li>
+<li><a href="/readyz">Readiness</a></li>
+</ul></body></html>
+"""
+
+
+def build_app(
+    *,
+    registry: CollectorRegistry,
+    telemetry_path: str,
+    ready: Callable[[], bool],
+    describe_sources: Callable[[], str],
+    version: str,
+) -> web.Application:
+    """Return the aiohttp application serving the exporter's endpoints."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(None, encoder, registry)
+        headers = {"Content-Type": content_type}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: the first /proc scan has not finished\n")
+
+    async def index(request: web.Request) -> web.Response:
+        page = INDEX.format(version=version, sources=describe_sources(), metrics=telemetry_path)
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get(telemetry_path, metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    return app

@@ -1,0 +1,50 @@
+"""Whether to watch the Kubernetes API, decided from flags and the environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from exporter.config import Config
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class KubernetesUnavailable(Exception):
+    """--kubernetes=on was given but no cluster is configured."""
+
+
+def cluster_configured(config: Config) -> str:
+    """Return how a cluster is configured ("in-cluster", "kubeconfig") or ""."""
+    if config.kubeconfig and os.path.exists(config.kubeconfig):
+        return "kubeconfig"
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SERVICE_ACCOUNT_TOKEN):
+        return "in-cluster"
+    return ""
+
+
+def kubernetes_mode(config: Config) -> str:
+    """Return "off" or the configuration the pod watch would use.
+
+    Raises KubernetesUnavailable for --kubernetes=on without a cluster.
+    """
+    if config.kubernetes == "off":
+        return "off"
+    how = cluster_configured(config)
+    if not how:
+        if config.kubernetes == "on":
+            raise KubernetesUnavailable(
+                "--kubernetes=on but no cluster is configured: no in-cluster service account "
+                f"at {SERVICE_ACCOUNT_TOKEN} and no kubeconfig (set --kubernetes.kubeconfig)"
+            )
+        logger.info(
+            "No Kubernetes cluster configured (no in-cluster service account, no kubeconfig); "
+            "running without the pod watch"
+        )
+        return "off"
+    # TODO: the pod watch is not built yet; until it is, pod labels stay empty and
+    # pod deletions are not termination requests.
+    logger.warning("Kubernetes cluster found via %s, but this version has no pod watch yet", how)
+    return "off"

@@ -1,0 +1,179 @@
+"""The node's processes as the exporter knows them, keyed by (pid, start time).
+
+A pid alone is not an identity: the kernel reuses pids, and a process that
+appears under a recycled pid must never inherit the history of the process that
+had it before. Each entry therefore carries the start time from
+/proc/PID/stat field 22, and the table maps a pid to the one live entry that
+holds it now. Parent links are kept as keys, so the tree of a worker is known
+even after its members are reparented to a subreaper or to PID 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.events import ProcessInfo
+from exporter.storm import StormProcess, classify
+
+Key = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Process:
+    """One process, alive or recently exited."""
+
+    pid: int
+    start_ticks: int
+    ppid: int
+    comm: str = ""
+    uid: int | None = None
+    argv: tuple[str, ...] = ()
+    nspid: tuple[int, ...] = ()
+    pidns: int | None = None
+    storm: StormProcess | None = None
+    parent: Key | None = None
+    worker: Key | None = None  # the worker JVM whose tree this process belongs to
+    topology: str | None = None
+    added: float = 0.0  # monotonic time the table learnt of the process
+    exit_time: float | None = None
+    exit_status: int | None = None
+    children: set[Key] = field(default_factory=set)
+
+    @property
+    def key(self) -> Key:
+        return (self.pid, self.start_ticks)
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_time is None
+
+    @property
+    def role(self) -> str | None:
+        return self.storm.role if self.storm else None
+
+    def update(self, info: ProcessInfo) -> None:
+        """Take the fields of a fresh /proc read of the same process."""
+        self.ppid = info.ppid
+        self.comm = info.comm
+        if info.uid is not None:
+            self.uid = info.uid
+        if info.argv or info.state == "Z":
+            self.argv = info.argv
+        if info.nspid:
+            self.nspid = info.nspid
+        if info.pidns is not None:
+            self.pidns = info.pidns
+
+
+class ProcessTable:
+    """Live processes by pid, and every known process by key.
+
+    Exited processes stay reachable by key until ``forget`` drops them, because
+    the tracker still needs the members of a worker tree after the worker exited.
+    """
+
+    def __init__(self) -> None:
+        self.by_pid: dict[int, Process] = {}
+        self.by_key: dict[Key, Process] = {}
+        # Keys of processes that exited in the last moments, so that a scan that
+        # read them just before they exited does not bring them back.
+        self.recent_exits: dict[Key, float] = {}
+        self._exited_by_pid: dict[int, Process] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_pid)
+
+    def get(self, pid: int) -> Process | None:
+        return self.by_pid.get(pid)
+
+    def add(self, info: ProcessInfo, time: float = 0.0) -> tuple[Process, Process | None]:
+        """Insert a process read from /proc; return it and the entry it replaced.
+
+        The replaced entry is a previous holder of the same pid with another
+        start time, which has therefore exited; the caller records that exit.
+        """
+        current = self.by_pid.get(info.pid)
+        if current is not None and current.start_ticks == info.start_ticks:
+            current.update(info)
+            self._classify(current)
+            return current, None
+        process = Process(pid=info.pid, start_ticks=info.start_ticks, ppid=info.ppid, added=time)
+        process.update(info)
+        parent = self.by_pid.get(info.ppid)
+        if parent is not None:
+            process.parent = parent.key
+            parent.children.add(process.key)
+        self._classify(process)
+        self.by_pid[info.pid] = process
+        self.by_key[process.key] = process
+        return process, current
+
+    def _classify(self, process: Process) -> None:
+        """Set the Storm role from argv, unless argv is only a copy of the parent's.
+
+        Between fork and exec a child still shows its parent's argv, so the
+        LogWriter's child looks like a second LogWriter until it execs the worker.
+        """
+        if not process.argv:
+            return
+        storm = classify(process.argv)
+        parent = self.parent_of(process)
+        if storm is not None and parent is not None and parent.storm is not None:
+            same = (parent.storm.role, parent.storm.worker_id) == (storm.role, storm.worker_id)
+            if same and parent.argv == process.argv:
+                storm = None
+        process.storm = storm
+
+    def mark_exited(self, process: Process, time: float, status: int | None) -> None:
+        """Record an exit; the pid becomes free for the next process."""
+        if process.exit_time is None:
+            process.exit_time = time
+            process.exit_status = status
+        if self.by_pid.get(process.pid) is process:
+            del self.by_pid[process.pid]
+        self.recent_exits[process.key] = time
+        self._exited_by_pid[process.pid] = process
+
+    def prune_recent_exits(self, before: float) -> None:
+        for key in [k for k, t in self.recent_exits.items() if t < before]:
+            del self.recent_exits[key]
+            process = self._exited_by_pid.get(key[0])
+            if process is not None and process.key == key:
+                del self._exited_by_pid[key[0]]
+
+    def holder_at(self, pid: int, time: float) -> Process | None:
+        """Return the process that had ``pid`` at ``time``: the live one, or one that
+        exited since, for facts that arrive after the exit they preceded."""
+        process = self.by_pid.get(pid)
+        exited = self._exited_by_pid.get(pid)
+        if exited is not None and exited.exit_time is not None and exited.exit_time >= time:
+            if process is None or process.added > time:
+                return exited
+        return process
+
+    def forget(self, key: Key) -> None:
+        """Drop an exited process for good."""
+        process = self.by_key.get(key)
+        if process is None or process.alive:
+            return
+        del self.by_key[key]
+        parent = self.by_key.get(process.parent) if process.parent else None
+        if parent is not None:
+            parent.children.discard(key)
+
+    def parent_of(self, process: Process) -> Process | None:
+        if process.parent is not None:
+            return self.by_key.get(process.parent)
+        return self.by_pid.get(process.ppid)
+
+    def descendants(self, process: Process) -> list[Process]:
+        """Every known process below ``process``, alive or exited, by parent links."""
+        found: list[Process] = []
+        pending = list(process.children)
+        while pending:
+            child = self.by_key.get(pending.pop())
+            if child is None:
+                continue
+            found.append(child)
+            pending.extend(child.children)
+        return found

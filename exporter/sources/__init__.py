@@ -1,0 +1,1 @@
+"""Event sources: the kernel's tracefs and proc connector, and /proc polling."""

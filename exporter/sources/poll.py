@@ -1,0 +1,182 @@
+"""/proc polling: full scans, and in between a cheap poll for new and gone processes.
+
+A full scan reads every process and reconciles the tracker with it, whatever
+other sources run, so events that a kernel source lost are recovered. When no
+proc connector runs, ``quick`` mode also polls every ``interval``: new pids are
+read, tracked processes get a pidfd that becomes readable at the exact moment
+they exit, and tracked JVMs are checked for HotSpot's "SIGTERM handler" thread,
+which marks when they received SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from typing import Callable, Iterable
+
+from exporter.events import (
+    JvmSignalThreadSeen,
+    ProcessExeced,
+    ProcessExited,
+    ProcessForked,
+    ScanCompleted,
+)
+from exporter.procfs import ProcFS
+from exporter.sources.base import Emit
+
+logger = logging.getLogger(__name__)
+
+# HotSpot names the thread that runs the shutdown for a signal "<NAME> handler";
+# Linux keeps the first 15 bytes of a thread name, which all three fit.
+SIGNAL_THREADS = {
+    "SIGTERM handler": signal.SIGTERM,
+    "SIGINT handler": signal.SIGINT,
+    "SIGHUP handler": signal.SIGHUP,
+}
+
+Tracked = Callable[[], Iterable[tuple[int, int, bool]]]
+
+
+class PollSource:
+    """Scan /proc on a timer; see the module docstring for ``quick`` mode.
+
+    ``tracked()`` returns (pid, start ticks, is a JVM of a worker tree) for the
+    processes whose exits matter. ``on_scan(seconds)`` is told each full scan's
+    duration.
+    """
+
+    name = "poll"
+
+    def __init__(
+        self,
+        procfs: ProcFS,
+        *,
+        interval: float,
+        scan_interval: float,
+        quick: bool,
+        tracked: Tracked = lambda: (),
+        on_scan: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self.procfs = procfs
+        self.interval = interval
+        self.scan_interval = scan_interval
+        self.quick = quick
+        self.tracked = tracked
+        self.on_scan = on_scan
+        self._known: set[int] = set()
+        self._young: dict[int, tuple[str, ...]] = {}
+        self._pidfds: dict[tuple[int, int], int] = {}
+        self._threads: dict[int, int] = {}
+        self._signal_seen: set[tuple[int, int]] = set()
+
+    def open(self) -> None:
+        """Nothing to acquire; /proc is checked by the first scan."""
+
+    def close(self) -> None:
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        next_scan = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_scan:
+                self.scan(emit)
+                next_scan = time.monotonic() + self.scan_interval
+            elif self.quick:
+                self.poll(emit)
+            deadline = min(next_scan, time.monotonic() + (self.interval if self.quick else 0.2))
+            self._wait(emit, stop, deadline)
+
+    def scan(self, emit: Emit) -> None:
+        started = time.monotonic()
+        processes = self.procfs.scan()
+        duration = time.monotonic() - started
+        self._known = set(processes)
+        emit(ScanCompleted(time=time.monotonic(), processes=processes, duration=duration))
+        self.on_scan(duration)
+
+    def poll(self, emit: Emit) -> None:
+        """Report new and gone pids, re-read young ones, check tracked JVMs' threads."""
+        now = time.monotonic()
+        pids = set(self.procfs.list_pids())
+        for pid in self._known - pids:
+            emit(ProcessExited(time=now, pid=pid))
+        for pid, argv in list(self._young.items()):
+            info = self.procfs.read_info(pid) if pid in pids else None
+            if info is not None and info.argv != argv:
+                emit(ProcessExeced(time=now, pid=pid, info=info))
+        self._young = {}
+        for pid in sorted(pids - self._known):
+            info = self.procfs.read_info(pid)
+            if info is None:
+                continue
+            emit(ProcessForked(time=now, pid=pid, ppid=info.ppid, info=info))
+            self._young[pid] = info.argv
+        self._known = pids
+        self._track(emit)
+
+    def _track(self, emit: Emit) -> None:
+        wanted = set()
+        for pid, start_ticks, is_jvm in self.tracked():
+            key = (pid, start_ticks)
+            wanted.add(key)
+            if key not in self._pidfds:
+                self._open_pidfd(key)
+            if is_jvm:
+                self._check_signal_threads(emit, pid)
+        for key in set(self._pidfds) - wanted:
+            os.close(self._pidfds.pop(key))
+
+    def _open_pidfd(self, key: tuple[int, int]) -> None:
+        pid, start_ticks = key
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as error:
+            logger.debug("pidfd_open failed pid=%d: %s", pid, error)
+            return
+        stat = self.procfs.read_stat(pid)
+        if stat is None or stat.start_ticks != start_ticks:
+            os.close(fd)  # the pid now belongs to another process
+            return
+        self._pidfds[key] = fd
+
+    def _check_signal_threads(self, emit: Emit, pid: int) -> None:
+        stat = self.procfs.read_stat(pid)
+        if stat is None or self._threads.get(pid) == stat.num_threads:
+            return
+        self._threads[pid] = stat.num_threads
+        for tid in self.procfs.list_tasks(pid):
+            comm = self.procfs.read_task_comm(pid, tid)
+            signum = SIGNAL_THREADS.get(comm or "")
+            if signum is None or (pid, signum) in self._signal_seen:
+                continue
+            task = self.procfs.read_task_stat(pid, tid)
+            if task is None:
+                continue
+            self._signal_seen.add((pid, signum))
+            seen = self.procfs.ticks_to_monotonic(task.start_ticks)
+            emit(JvmSignalThreadSeen(time=seen, pid=pid, signal=signum))
+
+    def _wait(self, emit: Emit, stop: threading.Event, deadline: float) -> None:
+        """Sleep until ``deadline`` or ``stop``, reporting pidfd exits as they happen."""
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            fds = {fd: key for key, fd in self._pidfds.items()}
+            if not fds:
+                stop.wait(min(remaining, 0.2))
+                continue
+            readable, _, _ = select.select(list(fds), [], [], min(remaining, 0.2))
+            exited = time.monotonic()
+            for fd in readable:
+                pid, start_ticks = fds[fd]
+                os.close(self._pidfds.pop((pid, start_ticks)))
+                self._threads.pop(pid, None)
+                emit(ProcessExited(time=exited, pid=pid, start_ticks=start_ticks))

@@ -1,0 +1,100 @@
+"""Exposition of the tracker's state: names, types, label escaping and bounds."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collector import StormCollector
+from tests.test_tracker import Node, exit_code
+
+ODD_TOPOLOGY = 'say "hi"\\ \n\ufffd-1-1'
+
+
+def scrape(node: Node) -> tuple[CollectorRegistry, str]:
+    registry = CollectorRegistry()
+    registry.register(StormCollector(node.tracker, threading.Lock(), ["tracefs", "netlink"]))
+    return registry, generate_latest(registry).decode()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def episode(node: Node, topology: str) -> None:
+    node.at(1.0).worker_tree(topology=topology)
+    node.at(10.0).supervisor_kill(300, 201, int(signal.SIGTERM))
+    node.at(13.0).supervisor_kill(301, 201, int(signal.SIGKILL))
+    node.at(13.1).exit(201, int(signal.SIGKILL))
+    node.tick(13.2)
+
+
+def test_families_and_values():
+    node = Node()
+    episode(node, "wordcount-3-1700000000")
+    registry, _ = scrape(node)
+    topology = "wordcount-3-1700000000"
+    assert sample(registry, "storm_worker_exits_total", topology=topology, outcome="sigkill") == 1
+    assert sample(registry, "storm_worker_sigkill_escalations_total", topology=topology) == 1
+    assert sample(registry, "storm_worker_shutdown_duration_seconds_count", topology=topology, outcome="sigkill") == 1
+    assert sample(registry, "storm_worker_shutdown_duration_seconds_bucket", topology=topology, outcome="sigkill", le="3.0") == 0
+    assert sample(registry, "storm_worker_shutdown_duration_seconds_bucket", topology=topology, outcome="sigkill", le="3.5") == 1
+    assert sample(registry, "storm_worker_signals_total", topology=topology, signal="SIGKILL", sender="supervisor") == 1
+    assert sample(registry, "storm_workers", topology=topology, state="running") == 0
+    assert sample(registry, "storm_worker_termination_pending_seconds", topology=topology) == 0
+    assert sample(registry, "storm_termination_exporter_event_source_info", source="netlink") == 1
+
+
+def test_pending_and_info_for_live_worker():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).supervisor_kill(300, 201, int(signal.SIGTERM))
+    node.at(12.5)
+    registry, _ = scrape(node)
+    topology = "wordcount-3-1700000000"
+    assert sample(registry, "storm_workers", topology=topology, state="terminating") == 1
+    assert sample(registry, "storm_worker_termination_pending_seconds", topology=topology) == 2.5
+    info = {
+        "topology": topology, "worker_id": "8d3c2b1a-4f5e-4a6b-9c7d-0e1f2a3b4c5d", "port": "6700",
+        "uid": "1000", "namespace": "", "pod": "", "container": "",
+    }
+    assert sample(registry, "storm_worker_info", **info) == 1
+
+
+def test_odd_topology_stays_valid_text():
+    node = Node()
+    episode(node, ODD_TOPOLOGY)
+    registry, text = scrape(node)
+    text.encode("utf-8")
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    values = {s.labels["topology"] for s in families["storm_worker_exits"].samples}
+    assert values == {ODD_TOPOLOGY}
+
+
+def test_odd_topology_stays_valid_openmetrics():
+    node = Node()
+    episode(node, ODD_TOPOLOGY)
+    registry, _ = scrape(node)
+    text = generate_openmetrics(registry).decode()
+    families = {family.name: family for family in parse_openmetrics(text)}
+    assert {s.labels["topology"] for s in families["storm_worker_exits"].samples} == {ODD_TOPOLOGY}
+
+
+def test_series_gone_after_retention():
+    node = Node(topology_retention=60.0)
+    node.at(1.0).worker_tree()
+    node.at(2.0).exit(201, exit_code(11))
+    node.exit(200, exit_code(11))
+    node.exit(202, 0)
+    node.tick(3.0)
+    node.tick(10.0)  # past the leftover grace: the worker episode is finished
+    registry, text = scrape(node)
+    assert "wordcount-3-1700000000" in text
+    node.tick(100.0)
+    registry, text = scrape(node)
+    assert "wordcount-3-1700000000" not in text
