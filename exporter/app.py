@@ -31,7 +31,7 @@ TICK_SECONDS = 0.1
 
 
 class StartupError(Exception):
-    """The exporter cannot start; the message says what to change."""
+    """The exporter cannot start; the message names the setting to change."""
 
 
 class Exporter:
@@ -97,12 +97,12 @@ class Exporter:
                 continue
             self.sources.append(source)
         active = [source.name for source in self.sources]
-        quick = "netlink" not in active
         self.poll = PollSource(
             self.procfs,
             interval=self.config.poll_interval,
             scan_interval=self.config.scan_interval,
-            quick=quick,
+            quick="netlink" not in active,
+            signal_threads="tracefs" not in active,
             tracked=self.tracked,
             on_scan=self.scan_duration.observe,
         )
@@ -168,6 +168,8 @@ class Exporter:
             return
         if failed.name == "netlink" and self.poll is not None:
             self.poll.quick = True
+        if failed.name == "tracefs" and self.poll is not None:
+            self.poll.signal_threads = True
         self._set_capabilities()
         logger.info("Event sources now active=%s", ",".join(self.active_sources()))
 

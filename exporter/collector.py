@@ -15,6 +15,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.outcome import OUTCOMES
 from exporter.tracker import DURATION_BUCKETS, Tracker
 
 STATES = ("running", "terminating")
@@ -96,25 +97,34 @@ class StormCollector(Collector):
         yield from (workers, info, pending, leftovers)
 
     def _episode_families(self) -> Iterator:
+        # Counters start at 0 for every exported topology, so that the first
+        # increment is visible to rate() and increase().
         tracker = self.tracker
+        labels = list(tracker.labels.last_active)
+        exits = {(label, result): 0 for label in labels for result in OUTCOMES}
+        exits.update(tracker.exits)
+        escalations = {(label,): 0 for label in labels}
+        escalations.update({(k,): v for k, v in tracker.escalations.items()})
+        detected = {(label,): 0 for label in labels}
+        detected.update({(k,): v for k, v in tracker.leftovers_detected.items()})
         yield _counter(
             "storm_worker_exits",
             "Worker JVM exits by outcome: graceful, halted (exit 20 from Storm's shutdown "
             "watchdog), sigkill, crashed (no request) or unknown.",
             ["topology", "outcome"],
-            tracker.exits,
+            exits,
         )
         yield _counter(
             "storm_worker_sigkill_escalations",
             "Requested worker terminations that ended by SIGKILL.",
             ["topology"],
-            {(k,): v for k, v in tracker.escalations.items()},
+            escalations,
         )
         yield _counter(
             "storm_worker_leftover_processes_detected",
             "Leftover processes found: alive after the leftover grace since their worker exited.",
             ["topology"],
-            {(k,): v for k, v in tracker.leftovers_detected.items()},
+            detected,
         )
         yield _counter(
             "storm_worker_signals",

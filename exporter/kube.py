@@ -32,8 +32,8 @@ def kubernetes_mode(config: Config) -> str:
     """
     if config.kubernetes == "off":
         return "off"
-    how = cluster_configured(config)
-    if not how:
+    configured_by = cluster_configured(config)
+    if not configured_by:
         if config.kubernetes == "on":
             raise KubernetesUnavailable(
                 "--kubernetes=on but no cluster is configured: no in-cluster service account "
@@ -46,5 +46,5 @@ def kubernetes_mode(config: Config) -> str:
         return "off"
     # TODO: the pod watch is not built yet; until it is, pod labels stay empty and
     # pod deletions are not termination requests.
-    logger.warning("Kubernetes cluster found via %s, but this version has no pod watch yet", how)
+    logger.warning("Kubernetes cluster found via %s, but this version has no pod watch yet", configured_by)
     return "off"

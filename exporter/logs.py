@@ -44,6 +44,8 @@ class JsonFormatter(logging.Formatter):
 class RateLimit(logging.Filter):
     """Let through ``burst`` records per message template and ``period``, then drop.
 
+    Debug records are never dropped.
+
     The first record after a dropped run carries the number dropped, so a flood
     of the same error stays visible without filling the log.
     """
@@ -55,6 +57,8 @@ class RateLimit(logging.Filter):
         self._windows: dict[tuple[str, int, str], list] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return True  # debug output is asked for explicitly and kept whole
         key = (record.name, record.levelno, str(record.msg))
         now = time.monotonic()
         window = self._windows.get(key)

@@ -300,13 +300,15 @@ class ProcFS:
         return processes
 
     def _read_info_at(self, pid: int, dir_fd: int) -> ProcessInfo | None:
+        # cmdline first: a `kill` command lives for about a millisecond after its
+        # exec, and its argv is the one field that is lost once it exits.
+        cmdline = self._read_optional(pid, dir_fd, "cmdline")
         stat = self._read_stat_at(pid, dir_fd)
         if stat is None:
             return None
         status = self._read_status_at(pid, dir_fd)
         if status.tgid is not None and status.pid is not None and status.tgid != status.pid:
             return None
-        cmdline = self._read_optional(pid, dir_fd, "cmdline")
         return ProcessInfo(
             pid=pid,
             start_ticks=stat.start_ticks,

@@ -1,4 +1,4 @@
-"""The node's processes as the exporter knows them, keyed by (pid, start time).
+"""The node's processes as the exporter has seen them, keyed by (pid, start time).
 
 A pid alone is not an identity: the kernel reuses pids, and a process that
 appears under a recycled pid must never inherit the history of the process that
@@ -141,6 +141,10 @@ class ProcessTable:
             if process is not None and process.key == key:
                 del self._exited_by_pid[key[0]]
 
+    def latest(self, pid: int) -> Process | None:
+        """Return the live holder of ``pid``, else the process that exited with it last."""
+        return self.by_pid.get(pid) or self._exited_by_pid.get(pid)
+
     def holder_at(self, pid: int, time: float) -> Process | None:
         """Return the process that had ``pid`` at ``time``: the live one, or one that
         exited since, for facts that arrive after the exit they preceded."""
@@ -165,15 +169,3 @@ class ProcessTable:
         if process.parent is not None:
             return self.by_key.get(process.parent)
         return self.by_pid.get(process.ppid)
-
-    def descendants(self, process: Process) -> list[Process]:
-        """Every known process below ``process``, alive or exited, by parent links."""
-        found: list[Process] = []
-        pending = list(process.children)
-        while pending:
-            child = self.by_key.get(pending.pop())
-            if child is None:
-                continue
-            found.append(child)
-            pending.extend(child.children)
-        return found

@@ -47,7 +47,7 @@ as a second ``Shutdown.exit`` call blocks in a JVM.
 Multilang children run ``python3 splitsentence.py`` in
 ``<storm.local.dir>/supervisor/stormdist/<url-encoded topology id>/resources``. Like
 storm.py they read a handshake (conf, context, pidDir) on stdin, create an empty file
-named after their pid in pidDir, answer with their pid, and exit with status 1 when
+named after their pid in pidDir, reply with their pid, and exit with status 1 when
 stdin reaches EOF. Their default SIGTERM action ends them.
 
 Launchers must set PYTHONHOME (``role_environment()`` does): the interpreter cannot
@@ -84,12 +84,15 @@ EXIT_SIGTERM = 143
 EXIT_HALTED = 20
 EXIT_SHELL_DIED = 11
 
-# The paths below only appear in argv; nothing reads them.
+# The paths below only appear in argv, and nothing reads them.
 STORM_HOME = "/apache-storm-2.8.8"
 JAVA = "java"
 SUPERVISOR_THRIFT_PORT = "6628"
 CLASSPATH_WORKER = f"{STORM_HOME}/lib-worker/*:{STORM_HOME}/extlib/*:/conf"
-CLASSPATH_DAEMON = f"{STORM_HOME}/*:{STORM_HOME}/lib/*:{STORM_HOME}/extlib/*:{STORM_HOME}/extlib-daemon/*:/conf"
+CLASSPATH_DAEMON = (
+    f"{STORM_HOME}/*:{STORM_HOME}/lib/*:{STORM_HOME}/extlib/*:{STORM_HOME}/extlib-daemon/*:/conf"
+)
+LIBRARY_PATH = "/usr/local/lib:/opt/local/lib:/usr/lib:/usr/lib64"
 LOG4J_CONTEXT_SELECTOR = "org.apache.logging.log4j.core.selector.BasicContextSelector"
 WORKER_MEMORY_MB = 768
 
@@ -240,7 +243,7 @@ class WorkerSettings:
 def url_encode(text: str) -> str:
     """Encode like Java's URLEncoder with UTF-8, as Storm names a topology's stormdist directory.
 
-    ``text`` may carry non-UTF-8 bytes as surrogate escapes; they are encoded byte by byte.
+    Bytes that are not UTF-8, carried in ``text`` as surrogate escapes, are encoded one by one.
     """
     return urllib.parse.quote_plus(os.fsencode(text), safe="*").replace("~", "%7E")
 
@@ -249,15 +252,18 @@ def validate_topology_id(topology_id: str) -> None:
     """Raise ValueError for a topology id that cannot name a directory or an argv element."""
     if not topology_id:
         raise ValueError("invalid topology id: empty")
-    if "/" in topology_id or "\0" in topology_id:
-        raise ValueError(f"invalid topology id {topology_id!r}: '/' and NUL cannot appear in a directory name")
+    if "/" in topology_id or "\0" in topology_id or topology_id in (".", ".."):
+        raise ValueError(
+            f"invalid topology id {topology_id!r}: it names directories, so it must not contain '/' "
+            "or NUL and must not be '.' or '..'"
+        )
 
 
 # Storm command lines, element by element as BasicContainer builds them in Storm 2.x.
 
 
 def common_properties(layout: StormLayout, topology_id: str, worker_id: str, port: int) -> list[str]:
-    """The system properties that the LogWriter and the worker command share."""
+    """Return the system properties that the LogWriter and the worker command share."""
     return [
         "-Dlogging.sensitivity=S3",
         "-Dlogfile.name=worker.log",
@@ -281,7 +287,7 @@ def worker_argv(
     supervisor_id: str,
     settings: WorkerSettings,
 ) -> list[str]:
-    """The worker JVM's argv, starting with the java executable."""
+    """Return the worker JVM's argv, starting with the java executable."""
     resources = layout.resources_dir(topology_id)
     return [
         JAVA,
@@ -293,7 +299,7 @@ def worker_argv(
         *settings.to_properties(),
         # worker.gc.childopts
         "-XX:+UseG1GC",
-        f"-Djava.library.path={resources}/Linux-amd64:{resources}:/usr/local/lib:/opt/local/lib:/usr/lib:/usr/lib64",
+        f"-Djava.library.path={resources}/Linux-amd64:{resources}:{LIBRARY_PATH}",
         "-Dstorm.conf.file=",
         "-Dstorm.options=",
         f"-Djava.io.tmpdir={layout.worker_tmp_dir(worker_id)}",
@@ -316,7 +322,7 @@ def logwriter_argv(
     supervisor_id: str,
     settings: WorkerSettings,
 ) -> list[str]:
-    """The LogWriter JVM's argv, which ends with the whole worker argv."""
+    """Return the LogWriter JVM's argv, which ends with the whole worker argv."""
     return [
         JAVA,
         "-cp",
@@ -331,7 +337,7 @@ def logwriter_argv(
 
 
 def supervisor_argv(layout: StormLayout, shutdown_sleep: float) -> list[str]:
-    """The supervisor JVM's argv as bin/storm.py starts it.
+    """Return the supervisor JVM's argv, in the element order that bin/storm.py uses.
 
     Settings reach it in ``-Dstorm.options``, where storm.py puts each ``-c key=value``
     URL-encoded and joined with commas.
@@ -348,7 +354,7 @@ def supervisor_argv(layout: StormLayout, shutdown_sleep: float) -> list[str]:
         f"-Dstorm.options={encoded}",
         f"-Dstorm.home={STORM_HOME}",
         f"-Dstorm.log.dir={layout.log_dir}",
-        "-Djava.library.path=/usr/local/lib:/opt/local/lib:/usr/lib:/usr/lib64",
+        f"-Djava.library.path={LIBRARY_PATH}",
         "-Dstorm.conf.file=",
         "-cp",
         CLASSPATH_DAEMON,
@@ -370,7 +376,7 @@ def parse_storm_options(value: str) -> dict[str, str]:
 
 
 def parse_system_properties(options: Sequence[str]) -> dict[str, str]:
-    """Return the ``-Dkey=value`` options as a dict; a repeated key keeps its last value, as in the JVM."""
+    """Return the ``-Dkey=value`` options as a dict. A repeated key keeps its last value, as in the JVM."""
     properties = {}
     for option in options:
         if option.startswith("-D"):
@@ -391,7 +397,7 @@ def find_main_class(argv: Sequence[str]) -> int | None:
 
 
 def interpreter_path() -> str:
-    """Return the running interpreter's executable; sys.executable is wrong under argv[0] "java"."""
+    """Return the running interpreter's executable, which sys.executable misses when argv[0] is "java"."""
     return os.readlink("/proc/self/exe")
 
 
@@ -500,19 +506,20 @@ def _open_worker_log(properties: dict[str, str]):
         return open(os.devnull, "w")
     directory = os.path.join(artifacts, topology_id, port)
     os.makedirs(directory, exist_ok=True)
-    return open(os.path.join(directory, properties.get("logfile.name", "worker.log")), "a", errors="surrogateescape")
-
-
-def _copy_lines(stream, log_file, logger: str) -> None:
-    lock = _copy_lock
-    for raw in stream:
-        line = raw.decode(errors="replace").rstrip("\n")
-        with lock:
-            log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {logger} {line}\n")
-            log_file.flush()
+    return open(
+        os.path.join(directory, properties.get("logfile.name", "worker.log")), "a", errors="surrogateescape"
+    )
 
 
 _copy_lock = threading.Lock()
+
+
+def _copy_lines(stream, log_file, logger: str) -> None:
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\n")
+        with _copy_lock:
+            log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {logger} {line}\n")
+            log_file.flush()
 
 
 # Worker role.
@@ -552,7 +559,10 @@ class SimulatedWorker:
         self._start_children()
         if self.settings.behaviour == "crash":
             threading.Thread(target=self._crash_later, name="Thread-crash", daemon=True).start()
-        _log(f"Worker {self.worker_id} for {self.topology_id!r} on port {self.port} started, behaviour {self.settings.behaviour}")
+        _log(
+            f"Worker {self.worker_id} for {self.topology_id!r} on port {self.port} started, "
+            f"behaviour {self.settings.behaviour}"
+        )
         while True:
             signal.pause()
 
@@ -605,8 +615,12 @@ class SimulatedWorker:
             stdout=subprocess.PIPE,
         )
         handshake = {
-            "conf": {"topology.name": self.topology_id, "storm.sim.behaviour": self.settings.behaviour},
-            "context": {"taskid": task_id, "componentid": "split", "task->component": {str(task_id): "split"}},
+            "conf": {"storm.id": self.topology_id, "storm.sim.behaviour": self.settings.behaviour},
+            "context": {
+                "taskid": task_id,
+                "componentid": "split",
+                "task->component": {str(task_id): "split"},
+            },
             "pidDir": self.layout.pids_dir(self.worker_id),
         }
         child.stdin.write(json.dumps(handshake).encode() + b"\nend\n")

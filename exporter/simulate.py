@@ -2,9 +2,10 @@
 
 The supervisor is a real process (``exporter/simrole.py`` in the supervisor role,
 optionally PID 1 of a new PID namespace). It launches each LogWriter as its child and
-stops a worker as Storm 2.x's Slot does: ``kill -15 <pid>`` for every pid in the
-worker's pids directory, one ``supervisor.worker.shutdown.sleep.secs`` sleep, then
-``kill -9 <pid>`` for each pid still alive and another sleep, until all are gone.
+stops a worker as Storm 2.x's Slot does. It runs ``kill -15 <pid>`` for every pid in
+the worker's pids directory and sleeps ``supervisor.worker.shutdown.sleep.secs``.
+Then, until all are gone, it runs ``kill -9 <pid>`` for each pid still alive and
+sleeps again.
 
 The command drives rounds of four workers on ports 6700-6703 (see ROUND_PLAN): one
 that exits gracefully, one that only SIGKILL ends, one that leaves a process behind
@@ -79,8 +80,8 @@ ROUND_PLAN = (
 class WorkerSpec:
     """One worker to launch: its Storm ids, slot port and simulated behaviour.
 
-    ``topology_id`` may be given as bytes; it is kept as str with surrogate escapes for
-    bytes that are not UTF-8, so argv and paths carry the original bytes.
+    ``topology_id`` may be given as bytes. It is stored as str, with surrogate escapes
+    for bytes that are not UTF-8, so argv and paths carry the original bytes.
     ``stop_after`` makes the supervisor stop the worker that many seconds after launch.
     """
 
@@ -94,6 +95,14 @@ class WorkerSpec:
         if isinstance(self.topology_id, bytes):
             object.__setattr__(self, "topology_id", os.fsdecode(self.topology_id))
         validate_topology_id(self.topology_id)
+        # The worker id names directories that the supervisor removes after a stop.
+        if (
+            not self.worker_id
+            or "/" in self.worker_id
+            or "\0" in self.worker_id
+            or self.worker_id in (".", "..")
+        ):
+            raise ValueError(f"invalid worker id {self.worker_id!r}: it must be usable as a directory name")
         if not 0 < self.port <= 65535:
             raise ValueError(f"invalid port {self.port!r}: expected 1-65535")
 
@@ -113,7 +122,10 @@ class WorkerSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> WorkerSpec:
-        """Build a spec from ``to_dict()`` output; missing keys get the defaults, bad values raise ValueError."""
+        """Build a spec from ``to_dict()`` output, with defaults for missing keys.
+
+        Raises ValueError for an invalid value.
+        """
         if not isinstance(data, dict) or "topology_id" not in data:
             raise ValueError(f"invalid worker spec {data!r}: expected an object with topology_id")
         defaults = WorkerSettings()
@@ -181,7 +193,7 @@ def java_exit_code(wait_status: int) -> int:
 
 @dataclass(frozen=True, order=True)
 class ProcessIdentity:
-    """A process as (pid, start time); the start time tells a reused pid from the original."""
+    """A process as (pid, start time). The start time distinguishes a reused pid from the original."""
 
     pid: int
     start_ticks: int  # /proc/PID/stat field 22, clock ticks after boot
@@ -199,11 +211,13 @@ def read_stat(pid: int, procfs: str = "/proc") -> ProcessStat | None:
     try:
         with open(f"{procfs}/{pid}/stat", "rb") as file:
             content = file.read()
-    except (FileNotFoundError, ProcessLookupError):
+        # The comm field is in parentheses and may itself contain ") ".
+        fields = content[content.rindex(b")") + 2 :].split()
+        return ProcessStat(state=fields[0].decode(), ppid=int(fields[1]), start_ticks=int(fields[19]))
+    except OSError:
         return None
-    # The comm field is in parentheses and may itself contain ") ".
-    fields = content[content.rindex(b")") + 2 :].split()
-    return ProcessStat(state=fields[0].decode(), ppid=int(fields[1]), start_ticks=int(fields[19]))
+    except (ValueError, IndexError):
+        return None  # read while the process was being reaped
 
 
 def process_alive(pid: int, procfs: str = "/proc") -> bool:
@@ -244,7 +258,7 @@ def descendant_pids(root: int, procfs: str = "/proc") -> list[int]:
 
 
 def signal_identity(identity: ProcessIdentity, signum: int, procfs: str = "/proc") -> bool:
-    """Send ``signum`` to the process of ``identity`` only; return False when it is gone.
+    """Send ``signum`` to the process of ``identity`` only. Return False when it is gone.
 
     The signal goes through a pidfd opened before the start time is checked, so a pid
     reused after that check cannot receive it.
@@ -265,8 +279,10 @@ def signal_identity(identity: ProcessIdentity, signum: int, procfs: str = "/proc
         os.close(pidfd)
 
 
-def kill_process_tree(root: ProcessIdentity | None, extra: Iterable[ProcessIdentity] = (), procfs: str = "/proc") -> int:
-    """SIGKILL every descendant of ``root``, the processes in ``extra``, then ``root``; return the count.
+def kill_process_tree(
+    root: ProcessIdentity | None, extra: Iterable[ProcessIdentity] = (), procfs: str = "/proc"
+) -> int:
+    """SIGKILL every descendant of ``root``, the processes in ``extra``, then ``root``, and return the count.
 
     Descendants go first and the scan repeats until none is left, so that orphans are
     found again under ``root`` when it is their subreaper.
@@ -325,13 +341,13 @@ class KillCommand:
 
     time: float  # CLOCK_MONOTONIC just before the command was started
     signal: int
-    pid: int  # as the supervisor sees it, so a namespace pid inside a PID namespace
+    pid: int  # in the supervisor's PID namespace
     returncode: int
 
 
 @dataclass
 class StopReport:
-    """What a stop sequence did: its kill commands in order, and when it ended."""
+    """Kill commands of one stop sequence, in order, and the time the sequence ended."""
 
     kills: list[KillCommand] = field(default_factory=list)
     finished: float = 0.0
@@ -341,7 +357,7 @@ class StopReport:
         """Time of the first kill command, None when everything was already dead."""
         return self.kills[0].time if self.kills else None
 
-    def pids(self, signum: int) -> list[int]:
+    def killed_pids(self, signum: int) -> list[int]:
         return [kill.pid for kill in self.kills if kill.signal == signum]
 
 
@@ -362,7 +378,7 @@ def stop_worker_processes(
     procfs: str = "/proc",
     on_kill: Callable[[KillCommand], None] | None = None,
 ) -> StopReport:
-    """Stop a worker as Storm's Slot does and return the kill commands; block until all its pids are gone.
+    """Stop a worker as Storm's Slot does, block until all its pids are gone and return the kill commands.
 
     The pids directory is read again before every step, as Container does, so pids
     registered during the shutdown are included. ``run_command`` runs an argv such as
@@ -406,7 +422,9 @@ def wait_registered(
     timeout: float = REGISTRATION_TIMEOUT,
     procfs: str = "/proc",
 ) -> tuple[int, list[int]]:
-    """Wait until the worker and ``children`` multilang children wrote pid files; return (worker, children).
+    """Wait until the worker and ``children`` multilang children wrote pid files, and return their pids.
+
+    The result is (worker pid, child pids).
 
     The worker is the registered pid whose parent is the LogWriter.
     """
@@ -417,7 +435,9 @@ def wait_registered(
         if workers and len(pids) >= 1 + children:
             return workers[0], [pid for pid in pids if pid != workers[0]]
         if not process_alive(logwriter_pid, procfs):
-            raise RegistrationError(f"LogWriter {logwriter_pid} exited with {len(pids)} pids registered in {pids_dir}")
+            raise RegistrationError(
+                f"LogWriter {logwriter_pid} exited with {len(pids)} pids registered in {pids_dir}"
+            )
         if time.monotonic() > deadline:
             raise RegistrationError(
                 f"timed out after {timeout} s waiting for {1 + children} pids in {pids_dir}, found {pids}"
@@ -438,7 +458,7 @@ class ExitSlot:
 
     def set(self, status: int) -> None:
         self.status = status
-        # Popen never waits for this child itself, so it must learn the result here.
+        # ChildReaper reaps this child, so Popen cannot learn its returncode by itself.
         self.process.returncode = os.waitstatus_to_exitcode(status)
         self._done.set()
 
@@ -524,7 +544,11 @@ class _LaunchedWorker:
 
 
 class Supervisor:
-    """Launcher and killer of simulated workers, with the process behaviour of Storm's supervisor."""
+    """Launcher and killer of simulated workers, with the process behaviour of Storm's supervisor.
+
+    NOTE: unlike Storm's Slot, it never relaunches a worker that exited by itself, and it
+    has no heartbeats or assignments: workers start and stop only on command.
+    """
 
     def __init__(
         self,
@@ -596,7 +620,9 @@ class Supervisor:
                 return
             worker.stopping = True
         sleep = self.shutdown_sleep if shutdown_sleep is None else shutdown_sleep
-        threading.Thread(target=self._stop_worker, args=(worker, sleep), name=f"slot-{worker.spec.port}", daemon=True).start()
+        threading.Thread(
+            target=self._stop_worker, args=(worker, sleep), name=f"slot-{worker.spec.port}", daemon=True
+        ).start()
 
     def running(self) -> bool:
         """True while some LogWriter is alive or some stop sequence is still running."""
@@ -606,7 +632,9 @@ class Supervisor:
 
     def _copy_output(self, worker: _LaunchedWorker) -> None:
         for raw in worker.process.stdout:
-            logger.info("Worker Process %s:%s", worker.spec.worker_id, raw.decode(errors="replace").rstrip("\n"))
+            logger.info(
+                "Worker Process %s:%s", worker.spec.worker_id, raw.decode(errors="replace").rstrip("\n")
+            )
 
     def _wait_exit(self, worker: _LaunchedWorker) -> None:
         status = worker.exit_slot.wait()
@@ -625,11 +653,15 @@ class Supervisor:
             logger.warning("worker %s did not register: %s", spec.worker_id, error)
             self._events.emit("registration_failed", worker_id=spec.worker_id, message=str(error))
             return
-        self._events.emit("registered", worker_id=spec.worker_id, worker_pid=worker_pid, child_pids=child_pids)
+        self._events.emit(
+            "registered", worker_id=spec.worker_id, worker_pid=worker_pid, child_pids=child_pids
+        )
 
     def _stop_worker(self, worker: _LaunchedWorker, shutdown_sleep: float) -> None:
         spec = worker.spec
-        logger.info("Killing worker %s of topology %r on port %d", spec.worker_id, spec.topology_id, spec.port)
+        logger.info(
+            "Killing worker %s of topology %r on port %d", spec.worker_id, spec.topology_id, spec.port
+        )
 
         def report_kill(command: KillCommand) -> None:
             if command.signal == signal.SIGKILL:
@@ -652,20 +684,22 @@ class Supervisor:
             self._events.emit("stop_failed", worker_id=spec.worker_id, message=str(error))
             worker.stopped.set()
             return
+        # Slot cleans the worker's directories up once all its processes are dead.
+        shutil.rmtree(self.layout.worker_dir(spec.worker_id), ignore_errors=True)
         self._events.emit(
             "stopped",
             worker_id=spec.worker_id,
             request_time=report.request_time,
             finished=report.finished,
-            sigterm_pids=report.pids(signal.SIGTERM),
-            sigkill_pids=report.pids(signal.SIGKILL),
+            sigterm_pids=report.killed_pids(signal.SIGTERM),
+            sigkill_pids=report.killed_pids(signal.SIGKILL),
         )
-        # Slot cleans the worker's directories up once all its processes are dead.
-        shutil.rmtree(self.layout.worker_dir(spec.worker_id), ignore_errors=True)
         worker.stopped.set()
 
     def _run_command(self, args: list[str]) -> int:
-        _, slot = self._reaper.popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, slot = self._reaper.popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         returncode = os.waitstatus_to_exitcode(slot.wait())
         if returncode != 0:
             logger.info("%s exited with %d, process is probably already dead", " ".join(args), returncode)
@@ -697,7 +731,9 @@ def serve_supervisor(argv: Sequence[str], main_index: int) -> int:
     supervisor = Supervisor(StormLayout(local_dir), shutdown_sleep, events, ChildReaper())
     signal.signal(signal.SIGTERM, _supervisor_signal)
     signal.signal(signal.SIGINT, _supervisor_signal)
-    logger.info("Starting supervisor %s, pid %d, local dir %s", supervisor.supervisor_id, os.getpid(), local_dir)
+    logger.info(
+        "Starting supervisor %s, pid %d, local dir %s", supervisor.supervisor_id, os.getpid(), local_dir
+    )
     events.emit("ready", pid=os.getpid(), supervisor_id=supervisor.supervisor_id, local_dir=local_dir)
     for spec in initial:
         supervisor.launch(spec)
@@ -787,17 +823,28 @@ class SupervisorProcess:
         self._changed = threading.Condition()
         self._closed = False
         self._write_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
         self.supervisor_id = ""
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the supervisor and wait for its ready event; raise SupervisorError when it fails."""
+        """Start the supervisor and wait for its ready event. Raise SupervisorError when it fails."""
         argv = supervisor_argv(self.layout, self.shutdown_sleep)
         if self.pid_namespace:
-            # unshare cannot set argv[0]; the role re-executes itself as "java".
-            args = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", interpreter_path(), *role_args(argv)[1:]]
+            # unshare cannot set argv[0], so the role re-executes itself as "java".
+            # --kill-child SIGKILLs the namespace's PID 1, and so the namespace, when unshare dies.
+            args = [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                interpreter_path(),
+                *role_args(argv)[1:],
+            ]
             executable = None
         else:
             args, executable = role_args(argv), interpreter_path()
+
         self._process = subprocess.Popen(
             args,
             executable=executable,
@@ -807,13 +854,16 @@ class SupervisorProcess:
             env=role_environment(),
             start_new_session=True,
         )
-        threading.Thread(target=self._read_events, name="supervisor-events", daemon=True).start()
+        self._reader = threading.Thread(target=self._read_events, name="supervisor-events", daemon=True)
+        self._reader.start()
+
         found = self.wait_event(lambda event: event["event"] == "ready", timeout)
         if found is None:
             self.kill()
-            raise SupervisorError(f"supervisor did not report ready within {timeout} s: {self.describe_exit()}")
-        ready = found[1]
-        self.supervisor_id = ready["supervisor_id"]
+            raise SupervisorError(
+                f"supervisor did not report ready within {timeout} s: {self.describe_exit()}"
+            )
+        self.supervisor_id = found[1]["supervisor_id"]
         host_pid = self._find_host_pid()
         self._identity = process_identity(host_pid)
         if self.pid_namespace:
@@ -838,7 +888,7 @@ class SupervisorProcess:
         return self._closed
 
     def host_pid(self, pid: int) -> int | None:
-        """Translate a pid reported by the supervisor to a host pid; None when no such process runs."""
+        """Translate a pid reported by the supervisor to a host pid, or None when no such process runs."""
         if self._inode is None:
             return pid
         return namespace_pid_map(self._inode).get(pid)
@@ -860,7 +910,7 @@ class SupervisorProcess:
         self._send(command)
 
     def close_input(self) -> None:
-        """Close the supervisor's stdin; it then exits once no worker is running."""
+        """Close the supervisor's stdin, so that it exits once no worker is running."""
         with self._write_lock:
             if self._process is not None and self._process.stdin and not self._process.stdin.closed:
                 try:
@@ -883,8 +933,13 @@ class SupervisorProcess:
                 self._changed.wait(remaining)
             return self._events[index]
 
-    def wait_event(self, predicate: Callable[[dict], bool], timeout: float, start: int = 0) -> tuple[int, dict] | None:
-        """Return the first event from ``start`` on that matches, with its index; None on timeout or EOF."""
+    def wait_event(
+        self, predicate: Callable[[dict], bool], timeout: float, start: int = 0
+    ) -> tuple[int, dict] | None:
+        """Return the first matching event from index ``start`` on, with its index.
+
+        Return None on timeout, or at EOF when no event matched.
+        """
         deadline = time.monotonic() + timeout
         with self._changed:
             index = start
@@ -908,7 +963,7 @@ class SupervisorProcess:
             return None
 
     def kill(self, extra: Iterable[ProcessIdentity] = ()) -> int:
-        """SIGKILL the supervisor, all its descendants and ``extra``; return how many processes got the signal.
+        """SIGKILL the supervisor, all its descendants and ``extra``, and return how many got the signal.
 
         In a PID namespace, the SIGKILL of its PID 1 makes the kernel kill every other
         process of the namespace.
@@ -923,6 +978,8 @@ class SupervisorProcess:
         if self.wait(2.0) is None:
             self._process.kill()
             self._process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=1.0)
         for stream in (self._process.stdin, self._process.stdout):
             if stream is not None:
                 try:
@@ -999,6 +1056,7 @@ class RoundDriver:
         output=None,
     ) -> None:
         self.supervisor = supervisor
+        self.shutdown_sleep = supervisor.shutdown_sleep
         self.stop_after = stop_after
         self.leftover_lifetime = leftover_lifetime
         self.shutdown = shutdown
@@ -1010,14 +1068,16 @@ class RoundDriver:
         self._workers: dict[str, _RoundWorker] = {}
 
     def run_round(self) -> bool:
-        """Run one round; return False when the shutdown event interrupted it."""
+        """Run one round. Return False when the shutdown event interrupted it."""
         launched = time.monotonic()
         epoch = int(time.time())
+        # Hooks shorter than the shutdown sleep, so that the graceful workers stay graceful.
+        hook_secs = min(0.5, self.shutdown_sleep / 3)
         for offset, (name, behaviour, children, stop_requested) in enumerate(ROUND_PLAN):
             self.counter += 1
             settings = WorkerSettings(
                 behaviour=behaviour,
-                hook_secs=0.5 if behaviour == "graceful" else 0.2,
+                hook_secs=hook_secs,
                 crash_secs=self.stop_after / 2,
                 leftover_secs=self.leftover_lifetime,
                 children=children,
@@ -1048,6 +1108,8 @@ class RoundDriver:
             return False
         for worker_id in round_ids:
             del self._workers[worker_id]
+        self.processes = {identity for identity in self.processes if identity_alive(identity)}
+        self.leftovers = {identity for identity in self.leftovers if identity_alive(identity)}
         return True
 
     def wait_leftovers(self) -> None:
@@ -1060,7 +1122,7 @@ class RoundDriver:
                 return
 
     def _pump_until(self, condition: Callable[[], bool], deadline: float | None = None) -> bool:
-        """Handle events until ``condition`` holds or ``deadline`` passes; False on shutdown."""
+        """Handle events until ``condition()`` is true or ``deadline`` passes. Return False on shutdown."""
         while not condition():
             if self.shutdown.is_set():
                 return False
@@ -1092,10 +1154,11 @@ class RoundDriver:
             self._print(f"failed {prefix} {event.get('message')}")
         elif kind == "stopped":
             worker.stopped = True
-            duration = event["finished"] - event["request_time"] if event.get("request_time") else 0.0
+            request_time = event.get("request_time")
+            sequence = event["finished"] - request_time if request_time is not None else 0.0
             self._print(
                 f"stopped {prefix} sigterm_pids={_join(event['sigterm_pids'])} "
-                f"sigkill_pids={_join(event['sigkill_pids'])} duration={duration:.2f}s"
+                f"sigkill_pids={_join(event['sigkill_pids'])} kill_sequence={sequence:.2f}s"
             )
         elif kind == "stop_failed":
             worker.stopped = True
@@ -1105,13 +1168,17 @@ class RoundDriver:
             self._print(f"exited {prefix} code={event['code']}")
 
     def _describe_pids(self, event: dict) -> str:
+        """Describe a registered worker's pids, and remember its tree for the leftover wait and cleanup."""
         launched = self.supervisor.wait_event(
             lambda e: e["event"] == "launched" and e["worker_id"] == event["worker_id"], 0
         )
         logwriter = launched[1]["logwriter_pid"] if launched else None
         reported = [pid for pid in (logwriter, event["worker_pid"], *event["child_pids"]) if pid is not None]
         hosts = self.supervisor.host_pids(reported)
-        registered = {hosts.get(event["worker_pid"]), *(hosts.get(pid) for pid in event["child_pids"])}
+        worker_host = hosts.get(event["worker_pid"])
+        children_hosts = [hosts.get(pid) for pid in event["child_pids"]]
+        registered = {worker_host, *children_hosts}
+
         unregistered = []
         logwriter_host = hosts.get(logwriter) if logwriter is not None else None
         if logwriter_host is not None:
@@ -1123,9 +1190,10 @@ class RoundDriver:
                 if pid != logwriter_host and pid not in registered:
                     unregistered.append(pid)
                     self.leftovers.add(identity)
+
         text = (
-            f"pids: logwriter={_join([hosts.get(logwriter)])} worker={_join([hosts.get(event['worker_pid'])])} "
-            f"children={_join(hosts.get(pid) for pid in event['child_pids'])} unregistered={_join(unregistered)}"
+            f"pids: logwriter={_join([hosts.get(logwriter)])} worker={_join([worker_host])} "
+            f"children={_join(children_hosts)} unregistered={_join(unregistered)}"
         )
         if self.supervisor.pid_namespace:
             text += (
@@ -1147,28 +1215,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from exporter.config import parse_duration
 
     parser.add_argument(
-        "--rounds", type=_non_negative_int, default=0, metavar="N", help="rounds of four workers to run; 0 runs until SIGINT or SIGTERM (default 0)"
+        "--rounds",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="rounds of four workers to run; 0 runs until SIGINT or SIGTERM (default 0)",
     )
     parser.add_argument(
         "--shutdown-sleep",
         type=parse_duration,
         default=DEFAULT_SHUTDOWN_SLEEP,
         metavar="DURATION",
-        help="supervisor.worker.shutdown.sleep.secs: wait between kill -15 and kill -9, and between kill -9 rounds (default 3s)",
+        help=(
+            "supervisor.worker.shutdown.sleep.secs: the wait after kill -15 and after each kill -9 "
+            "round (default 3s)"
+        ),
     )
     parser.add_argument(
         "--stop-after",
         type=parse_duration,
         default=3.0,
         metavar="DURATION",
-        help="time from launch until the supervisor stops a round's workers; the crashing worker exits after half of it (default 3s)",
+        help=(
+            "time from launch until the supervisor stops a round's workers; the crashing worker "
+            "exits by itself after half of it (default 3s)"
+        ),
     )
     parser.add_argument(
         "--leftover-lifetime",
         type=parse_duration,
         default=10.0,
         metavar="DURATION",
-        help="how long the process left behind by the leave-children worker lives after it started (default 10s)",
+        help="lifetime of the process that the leave-children worker leaves behind (default 10s)",
     )
     parser.add_argument(
         "--pid-namespace",
@@ -1193,7 +1271,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the simulation until its rounds are done or SIGINT/SIGTERM arrives; return the exit status.
+    """Run the simulation until its rounds are done or SIGINT/SIGTERM arrives, and return the exit status.
 
     Whatever the simulation started is killed by pid before this returns.
     """
@@ -1205,12 +1283,19 @@ def run(args: argparse.Namespace) -> int:
     temporary = args.local_dir is None
     local_dir = tempfile.mkdtemp(prefix="storm-sim-") if temporary else os.path.abspath(args.local_dir)
     os.makedirs(local_dir, exist_ok=True)
-    supervisor = SupervisorProcess(StormLayout(local_dir), args.shutdown_sleep, pid_namespace=args.pid_namespace)
+    supervisor = SupervisorProcess(
+        StormLayout(local_dir), args.shutdown_sleep, pid_namespace=args.pid_namespace
+    )
     driver = RoundDriver(supervisor, args.stop_after, args.leftover_lifetime, shutdown)
     status = 0
     try:
         supervisor.start()
-        logger.info("simulated supervisor %s running as pid %d, local dir %s", supervisor.supervisor_id, supervisor.pid, local_dir)
+        logger.info(
+            "simulated supervisor %s running as pid %d, local dir %s",
+            supervisor.supervisor_id,
+            supervisor.pid,
+            local_dir,
+        )
         rounds = 0
         while args.rounds == 0 or rounds < args.rounds:
             if not driver.run_round():
@@ -1218,6 +1303,8 @@ def run(args: argparse.Namespace) -> int:
             rounds += 1
         if not shutdown.is_set():
             driver.wait_leftovers()
+            supervisor.close_input()
+            supervisor.wait(2.0)
     except SupervisorError as error:
         logger.error("simulation failed: %s", error)
         status = 1
@@ -1251,10 +1338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="storm-termination-exporter simulate",
-        description="Run a simulated Storm supervisor whose real worker processes shut down in different ways.",
+        description=(
+            "Run a simulated Storm supervisor whose real worker processes shut down in " "different ways."
+        ),
     )
     add_arguments(parser)
-    parser.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info", help="log level (default info)")
+    parser.add_argument(
+        "--log.level", dest="log_level", choices=logs.LEVELS, default="info", help="log level (default info)"
+    )
     args = parser.parse_args(argv)
     logs.setup(args.log_level, "logfmt")
     return run(args)

@@ -132,6 +132,9 @@ class Tracker:
         self.events_lost: defaultdict[str, int] = defaultdict(int)
         self.scans = 0
         self._reconciled: dict[int, tuple[Process, float]] = {}
+        # Parents of processes that exited before /proc could be read, such as a
+        # `kill` command, to classify the signals they sent.
+        self._vanished_forks: dict[int, tuple[int, float]] = {}
 
     # Events.
 
@@ -141,6 +144,8 @@ class Tracker:
             case ProcessForked():
                 if event.info is not None:
                     self._add(event.info, event.time)
+                else:
+                    self._vanished_forks[event.pid] = (event.ppid, event.time)
             case ProcessExeced():
                 if event.info is not None:
                     process = self._add(event.info, event.time)
@@ -279,6 +284,11 @@ class Tracker:
             return
         sender = self._classify_sender(event)
         self.signals[(tree.label, oc.signal_name(event.signal), sender)] += 1
+        logger.debug(
+            "Signal %s for pid=%d topology=%r from pid=%d comm=%r sender=%s code=%d",
+            oc.signal_name(event.signal), event.pid, tree.topology, event.sender_pid,
+            event.sender_comm, sender, event.code,
+        )
         worker = self._worker_of_target(target)
         if worker is None:
             return
@@ -292,7 +302,12 @@ class Tracker:
             self._request(worker, event.time, event.signal, "signal")
 
     def _classify_sender(self, event: SignalGenerated) -> str:
-        """Map the sender of a signal onto the fixed set of ``sender`` label values."""
+        """Map the sender of a signal onto the fixed set of ``sender`` label values.
+
+        A sender with a Storm role is classified by that role. A sender without
+        one, such as a `kill` command, is classified by its parent, because the
+        supervisor signals through `kill` and the runtime through its helpers.
+        """
         sender = self._process_or_lookup(event.sender_pid)
         if event.code == oc.SI_KERNEL:
             # zap_pid_ns_processes() sends the SIGKILL of a PID-namespace teardown
@@ -300,19 +315,22 @@ class Tracker:
             if sender is not None and len(sender.nspid) > 1 and sender.nspid[-1] == 1:
                 return "namespace_teardown"
             return "kernel"
+        if sender is not None and sender.role is not None:
+            return sender.role if sender.role in ("supervisor", "logwriter") else "other"
         parent = self._parent_or_lookup(sender)
-        for candidate in (sender, parent):
-            if candidate is None:
-                continue
-            if candidate.role in ("supervisor", "logwriter"):
-                return candidate.role
+        if sender is None and event.sender_pid in self._vanished_forks:
+            parent = self.table.latest(self._vanished_forks[event.sender_pid][0])
+        if parent is not None and parent.role in ("supervisor", "logwriter"):
+            return parent.role
         comms = [event.sender_comm] + [p.comm for p in (sender, parent) if p is not None]
         if any(_is_runtime(comm) for comm in comms):
             return "container_runtime"
         return "other"
 
     def _process_or_lookup(self, pid: int) -> Process | None:
-        process = self.table.get(pid)
+        """Find a sender: in the table (also just after its exit, which netlink may
+        report before the signal it sent reaches us), else in /proc."""
+        process = self.table.latest(pid)
         if process is not None:
             return process
         info = self.lookup(pid) if pid > 0 else None
@@ -340,8 +358,8 @@ class Tracker:
         """Map a pid written in a command to a process of the host PID namespace.
 
         A command run inside a container names pids of that container's PID
-        namespace: the target is the process in the same namespace whose
-        innermost NSpid entry is that pid.
+        namespace. The target is then the process in the command's namespace
+        whose innermost NSpid entry is that pid.
         """
         if command.pidns is None or command.pidns == self.host_pidns or len(command.nspid) <= 1:
             return self.table.get(pid)
@@ -407,6 +425,9 @@ class Tracker:
             if now - seen > self.settle:
                 del self._reconciled[pid]
         self.table.prune_recent_exits(now - RECENT_EXIT_SECONDS)
+        for pid, (_, forked) in list(self._vanished_forks.items()):
+            if now - forked > RECENT_EXIT_SECONDS:
+                del self._vanished_forks[pid]
         active = {w.label for w in self.workers.values()}
         for label in self.labels.expire(now, active):
             self._drop_label(label)

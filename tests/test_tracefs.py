@@ -29,14 +29,9 @@ TRACING = Path("/sys/kernel/tracing")
 INSTANCES = TRACING / "instances"
 TIMESTAMP_RESOLUTION = 1e-6  # trace_pipe prints the mono clock in microseconds
 
-_skip_unless_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to write tracefs and send signals as other users"
-)
-
-
 def needs_root(test: Callable[..., None]) -> Callable[..., None]:
-    """Mark a test with the "root" marker and skip it for other users."""
-    return pytest.mark.root(_skip_unless_root(test))
+    """Mark a test "root"; the conftest ``root`` fixture skips it for other users."""
+    return pytest.mark.root(pytest.mark.usefixtures("root")(test))
 
 
 class Collector:

@@ -378,3 +378,18 @@ def test_thread_exit_of_other_pid_ignored():
     node.at(1.0).worker_tree()
     node.tracker.handle(ProcessExited(time=2.0, pid=201, status=0, start_ticks=1))
     assert node.tracker.table.get(201).alive
+
+
+def test_signal_from_vanished_kill_is_supervisor():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.tracker.handle(ProcessForked(time=10.0, pid=300, ppid=100, info=None))
+    node.at(10.001).signal(201, SIGTERM, sender=300)
+    assert node.tracker.signals[(TOPOLOGY, "SIGTERM", "supervisor")] == 1
+
+
+def test_worker_signalling_child_is_other():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).signal(202, SIGTERM, sender=201, comm="SIGTERM handler")
+    assert node.tracker.signals[(TOPOLOGY, "SIGTERM", "other")] == 1

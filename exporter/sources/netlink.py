@@ -74,6 +74,8 @@ _LOG_INTERVAL = 60.0
 # that just exec'd on the same CPU. In 200 runs of `/bin/kill -0 PID`, which lives
 # about 0.9 ms after exec, on a 2-CPU Linux 6.18 VM, the reader read argv in time
 # 145 times at nice 0 and 200 times at nice -10.
+# NOTE: the reader also needs the GIL, so while another thread of a busy process
+# holds it, the argv of a command that exits within about 1 ms can still be missed.
 READER_NICE = -10
 
 

@@ -3,9 +3,10 @@
 A full scan reads every process and reconciles the tracker with it, whatever
 other sources run, so events that a kernel source lost are recovered. When no
 proc connector runs, ``quick`` mode also polls every ``interval``: new pids are
-read, tracked processes get a pidfd that becomes readable at the exact moment
-they exit, and tracked JVMs are checked for HotSpot's "SIGTERM handler" thread,
-which marks when they received SIGTERM.
+read, and tracked processes get a pidfd that becomes readable at the exact
+moment they exit. When no signal source runs, ``signal_threads`` mode checks the
+JVMs of worker trees every 0.2 s for HotSpot's "SIGTERM handler" thread, whose
+start time is when the JVM received SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from exporter.events import (
     ProcessForked,
     ScanCompleted,
 )
-from exporter.procfs import ProcFS
+from exporter.procfs import ProcFS, ticks_to_monotonic
 from exporter.sources.base import Emit
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ SIGNAL_THREADS = {
 }
 
 Tracked = Callable[[], Iterable[tuple[int, int, bool]]]
+
+# A JVM's shutdown after SIGTERM often takes well under a second, and the
+# "SIGTERM handler" thread is visible only while it runs.
+SIGNAL_THREAD_CHECK_SECONDS = 0.2
 
 
 class PollSource:
@@ -58,6 +63,7 @@ class PollSource:
         interval: float,
         scan_interval: float,
         quick: bool,
+        signal_threads: bool = False,
         tracked: Tracked = lambda: (),
         on_scan: Callable[[float], None] = lambda seconds: None,
     ) -> None:
@@ -65,6 +71,7 @@ class PollSource:
         self.interval = interval
         self.scan_interval = scan_interval
         self.quick = quick
+        self.signal_threads = signal_threads
         self.tracked = tracked
         self.on_scan = on_scan
         self._known: set[int] = set()
@@ -119,19 +126,23 @@ class PollSource:
             emit(ProcessForked(time=now, pid=pid, ppid=info.ppid, info=info))
             self._young[pid] = info.argv
         self._known = pids
-        self._track(emit)
+        self._open_pidfds()
 
-    def _track(self, emit: Emit) -> None:
-        wanted = set()
-        for pid, start_ticks, is_jvm in self.tracked():
-            key = (pid, start_ticks)
-            wanted.add(key)
-            if key not in self._pidfds:
-                self._open_pidfd(key)
-            if is_jvm:
-                self._check_signal_threads(emit, pid)
+    def _open_pidfds(self) -> None:
+        wanted = {(pid, start_ticks) for pid, start_ticks, _ in self.tracked()}
+        for key in wanted - set(self._pidfds):
+            self._open_pidfd(key)
         for key in set(self._pidfds) - wanted:
             os.close(self._pidfds.pop(key))
+
+    def check_jvms(self, emit: Emit) -> None:
+        """Look for new "<SIGNAL> handler" threads in the JVMs of worker trees."""
+        jvms = {pid for pid, _, is_jvm in self.tracked() if is_jvm}
+        for pid in jvms:
+            self._check_signal_threads(emit, pid)
+        for pid in set(self._threads) - jvms:
+            del self._threads[pid]
+        self._signal_seen = {seen for seen in self._signal_seen if seen[0] in jvms}
 
     def _open_pidfd(self, key: tuple[int, int]) -> None:
         pid, start_ticks = key
@@ -160,23 +171,30 @@ class PollSource:
             if task is None:
                 continue
             self._signal_seen.add((pid, signum))
-            seen = self.procfs.ticks_to_monotonic(task.start_ticks)
+            seen = ticks_to_monotonic(task.start_ticks)
             emit(JvmSignalThreadSeen(time=seen, pid=pid, signal=signum))
 
     def _wait(self, emit: Emit, stop: threading.Event, deadline: float) -> None:
-        """Sleep until ``deadline`` or ``stop``, reporting pidfd exits as they happen."""
+        """Sleep until ``deadline`` or ``stop``, reporting pidfd exits as they happen
+        and checking JVMs for signal threads on their own cadence."""
+        next_check = time.monotonic()
         while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 return
+            if self.signal_threads and now >= next_check:
+                self.check_jvms(emit)
+                next_check = now + SIGNAL_THREAD_CHECK_SECONDS
+            step = min(deadline - now, 0.2)
+            if self.signal_threads:
+                step = min(step, max(0.0, next_check - time.monotonic()))
             fds = {fd: key for key, fd in self._pidfds.items()}
             if not fds:
-                stop.wait(min(remaining, 0.2))
+                stop.wait(step)
                 continue
-            readable, _, _ = select.select(list(fds), [], [], min(remaining, 0.2))
+            readable, _, _ = select.select(list(fds), [], [], step)
             exited = time.monotonic()
             for fd in readable:
                 pid, start_ticks = fds[fd]
                 os.close(self._pidfds.pop((pid, start_ticks)))
-                self._threads.pop(pid, None)
                 emit(ProcessExited(time=exited, pid=pid, start_ticks=start_ticks))
