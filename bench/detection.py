@@ -278,6 +278,7 @@ def _summarize(
     clock_offsets = []
     errors = []
     durations = []
+    details = []
     outcomes: Counter[str] = Counter()
     missed_exits = 0
     no_duration = 0
@@ -299,6 +300,12 @@ def _summarize(
         measured = worker.exit_time - worker.request_time
         durations.append(max(0.0, measured))
         errors.append(abs(measured - (kill.exit_truth - kill.request_truth)))
+        details.append({
+            "error_ms": round(errors[-1] * 1000, 3),
+            "request_via": worker.request_via,
+            "request_offset_ms": round((worker.request_time - kill.request_truth) * 1000, 3),
+            "exit_offset_ms": round((worker.exit_time - kill.exit_truth) * 1000, 3),
+        })
     observations, total = histogram
     return {
         "mode": name,
@@ -312,6 +319,9 @@ def _summarize(
         "detection_latency": summarize_ms(latencies),
         "exit_time_offset": summarize_ms(clock_offsets),
         "duration_error": summarize_ms(errors),
+        # Offsets are exporter minus ground truth, so a negative request offset is
+        # a request the exporter placed earlier than the benchmark made it.
+        "largest_duration_errors": sorted(details, key=lambda d: d["error_ms"], reverse=True)[:3],
         "histogram_observations": observations,
         "histogram_sum_matches_episodes": abs(total - sum(durations)) < 1e-6,
     }
