@@ -37,14 +37,14 @@ MODES: dict[str, tuple[str, ...]] = {
     "poll": ("poll",),
 }
 
-# With kernel sources the workers stop 20 ms after SIGTERM, one at a time. With
-# polling they stop after 1.5 s, longer than the 1 s poll interval, because
-# polling sees a request only as the JVM's "SIGTERM handler" thread, which must be
-# alive at a poll. Those workers are started and stopped in batches to save time.
-KERNEL_SHUTDOWN_DELAY_MS = 20
-POLL_SHUTDOWN_DELAY_MS = 1500
-POLL_BATCH = 20
-POLL_KILL_SPACING = 0.05
+# Every mode runs the same load. Workers are started in batches of 20, and once
+# the exporter tracks all of a batch, they get their termination request 50 ms
+# apart, so that each exit is detected on its own. A worker stops 1.5 s after
+# SIGTERM, a short but realistic JVM shutdown, and longer than the 1 s poll
+# interval, so that polling can see the JVM's "SIGTERM handler" thread.
+SHUTDOWN_DELAY_MS = 1500
+BATCH = 20
+REQUEST_SPACING = 0.05
 
 TOPOLOGY_PREFIX = "bench-detect-"
 TRACK_TIMEOUT = 5.0
@@ -149,52 +149,25 @@ def measure_mode(name: str, workload: Workload, truth: KernelTimes, count: int) 
     kills: list[Kill] = []
     untracked = 0
     try:
-        if name == "poll":
-            untracked = _run_batches(instance, workload, truth, count, kills)
-        else:
-            untracked = _run_one_by_one(instance, workload, truth, count, kills, name)
+        untracked = _run_batches(instance, workload, truth, count, kills, name)
         instance.wait_outcomes([kill.worker for kill in kills], timeout=2.0)
         with instance.exporter.lock:
             histogram = _histogram_totals(instance)
             events_lost = dict(instance.tracker.events_lost)
+            kill_commands = sum(
+                value for (label, _), value in instance.tracker.kill_commands.items()
+                if label.startswith(TOPOLOGY_PREFIX)
+            )
         sources = instance.exporter.active_sources()
     finally:
         instance.close()
     result = _summarize(name, kills, instance, untracked, histogram)
     result["active_sources"] = sources
     result["exporter_events_lost"] = events_lost
+    result["kill_commands_counted"] = kill_commands
     result["ground_truth_events_lost"] = truth.lost - truth_lost
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
-
-
-def _run_one_by_one(
-    instance: InProcessExporter,
-    workload: Workload,
-    truth: KernelTimes,
-    count: int,
-    kills: list[Kill],
-    name: str,
-) -> int:
-    untracked = 0
-    for serial in range(count):
-        tree = workload.start_tree(_topology(name, serial), KERNEL_SHUTDOWN_DELAY_MS)
-        worker = instance.wait_tracked(tree.worker_pid, TRACK_TIMEOUT)
-        if worker is None:
-            untracked += 1
-            workload.request_termination(tree)
-            workload.reap(tree, EXIT_TIMEOUT)
-            continue
-        kill = Kill(tree, worker)
-        truth.watch(tree.worker_pid)
-        if name == "netlink":
-            kill.request_truth = _kill_command(tree, truth)
-        else:
-            workload.request_termination(tree)
-            kill.request_truth = tree.request_time
-        _collect_exit(kill, instance, workload, truth)
-        kills.append(kill)
-    return untracked
 
 
 def _run_batches(
@@ -203,14 +176,15 @@ def _run_batches(
     truth: KernelTimes,
     count: int,
     kills: list[Kill],
+    name: str,
 ) -> int:
     untracked = 0
-    for first in range(0, count, POLL_BATCH):
-        batch: list[Kill] = []
+    for first in range(0, count, BATCH):
         trees = [
-            workload.start_tree(_topology("poll", serial), POLL_SHUTDOWN_DELAY_MS)
-            for serial in range(first, min(count, first + POLL_BATCH))
+            workload.start_tree(_topology(name, serial), SHUTDOWN_DELAY_MS)
+            for serial in range(first, min(count, first + BATCH))
         ]
+        batch: list[Kill] = []
         for tree in trees:
             worker = instance.wait_tracked(tree.worker_pid, TRACK_TIMEOUT)
             if worker is None:
@@ -219,14 +193,17 @@ def _run_batches(
                 workload.reap(tree, EXIT_TIMEOUT)
                 continue
             batch.append(Kill(tree, worker))
-        # The poll pass that found these workers also opened their pidfds, but the
-        # last ones may have been found only by the pass that is still running.
+        # In polling mode the poll pass that found these workers also opens their
+        # pidfds, and the last workers may have been found by a pass still running.
         time.sleep(0.3)
         for kill in batch:
             truth.watch(kill.tree.worker_pid)
-            workload.request_termination(kill.tree)
-            kill.request_truth = kill.tree.request_time
-            time.sleep(POLL_KILL_SPACING)
+            if name == "netlink":
+                kill.request_truth = _kill_command(kill.tree, truth)
+            else:
+                workload.request_termination(kill.tree)
+                kill.request_truth = kill.tree.request_time
+            time.sleep(REQUEST_SPACING)
         for kill in batch:
             _collect_exit(kill, instance, workload, truth)
         kills.extend(batch)
@@ -280,6 +257,7 @@ def _summarize(
     durations = []
     details = []
     outcomes: Counter[str] = Counter()
+    request_via: Counter[str] = Counter()
     missed_exits = 0
     no_duration = 0
     returncodes: Counter[str] = Counter()
@@ -287,6 +265,7 @@ def _summarize(
         pid = kill.tree.worker_pid
         returncodes[str(kill.tree.returncode)] += 1
         outcomes[kill.worker.outcome or "none"] += 1
+        request_via[kill.worker.request_via or "none"] += 1
         if kill.exit_truth is None or kill.applied is None:
             missed_exits += 1
             continue
@@ -315,6 +294,7 @@ def _summarize(
         "exits_not_applied": missed_exits,
         "exits_without_duration": no_duration,
         "outcomes": dict(outcomes),
+        "request_via": dict(request_via),
         "logwriter_returncodes": dict(returncodes),
         "detection_latency": summarize_ms(latencies),
         "exit_time_offset": summarize_ms(clock_offsets),

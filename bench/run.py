@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import platform
 import re
@@ -35,11 +36,13 @@ sys.path.insert(2, str(ROOT / "tests"))
 
 import cost  # noqa: E402
 import detection  # noqa: E402
+from exporter import logs  # noqa: E402
 from kernel_truth import KernelTimes  # noqa: E402
 from workload import Workload, build_holder  # noqa: E402
 
 RESULTS = BENCH / "results" / "latest.json"
-EXPORTER_LOG = BENCH / "results" / "exporter.log"  # the log of the exporter the cost phases ran
+EXPORTER_LOG = BENCH / "results" / "exporter.log"  # the exporter of the cost phases
+DETECTION_LOG = BENCH / "results" / "detection.log"  # the in-process exporters
 WORKERS_PER_MODE = 200
 PROCFS_SCAN_TIMEOUT = 300
 
@@ -94,7 +97,23 @@ def run_procfs_scan() -> dict[str, object]:
     return result
 
 
+def log_to_file(path: Path) -> None:
+    """Send log records at info and above to ``path`` as the exporter formats and filters them.
+
+    The in-process exporters then pay what ``python -m exporter`` pays for logging,
+    without writing into the benchmark's output.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logs.LogfmtFormatter())
+    handler.addFilter(logs.RateLimit())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
 def run_detection(binary: str) -> dict[str, object]:
+    log_to_file(DETECTION_LOG)
     results: dict[str, object] = {}
     truth = KernelTimes()
     truth.start()

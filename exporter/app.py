@@ -48,6 +48,7 @@ class Exporter:
             topology_max=config.topology_max,
             topology_retention=config.topology_retention,
             lookup=self.procfs.read_info,
+            read_cwd=self.procfs.read_cwd,
             host_pidns=self.procfs.read_pidns(1),
         )
         self.registry = CollectorRegistry()

@@ -257,6 +257,14 @@ class ProcFS:
             self._log_unexpected(pid, f"{pid}/ns/pid", error)
             return None
 
+    def read_cwd(self, pid: int) -> str | None:
+        """Return the target of /proc/PID/cwd; reading another user's needs CAP_SYS_PTRACE."""
+        try:
+            return os.readlink(os.path.join(self.root, str(pid), "cwd"))
+        except OSError as error:
+            self._log_unexpected(pid, f"{pid}/cwd", error)
+            return None
+
     def list_tasks(self, pid: int) -> list[int]:
         """Return the thread ids of a process in ascending order, [] when it is gone."""
         try:

@@ -27,7 +27,9 @@ class Process:
     ppid: int
     comm: str = ""
     uid: int | None = None
-    argv: tuple[str, ...] = ()
+    # Only a digest of argv is kept: Storm command lines carry classpaths of
+    # over 100 KB, and the table needs argv only to notice that it changed.
+    argv_digest: int = 0
     nspid: tuple[int, ...] = ()
     pidns: int | None = None
     storm: StormProcess | None = None
@@ -35,6 +37,7 @@ class Process:
     worker: Key | None = None  # the worker JVM whose tree this process belongs to
     topology: str | None = None
     added: float = 0.0  # monotonic time the table learnt of the process
+    cwd_checked: bool = False  # looked for a Storm multilang working directory
     exit_time: float | None = None
     exit_status: int | None = None
     children: set[Key] = field(default_factory=set)
@@ -58,7 +61,7 @@ class Process:
         if info.uid is not None:
             self.uid = info.uid
         if info.argv or info.state == "Z":
-            self.argv = info.argv
+            self.argv_digest = hash(info.argv) if info.argv else 0
         if info.nspid:
             self.nspid = info.nspid
         if info.pidns is not None:
@@ -94,8 +97,10 @@ class ProcessTable:
         """
         current = self.by_pid.get(info.pid)
         if current is not None and current.start_ticks == info.start_ticks:
+            changed = bool(info.argv) and hash(info.argv) != current.argv_digest
             current.update(info)
-            self._classify(current)
+            if changed:
+                self._classify(current, info.argv)
             return current, None
         process = Process(pid=info.pid, start_ticks=info.start_ticks, ppid=info.ppid, added=time)
         process.update(info)
@@ -103,24 +108,24 @@ class ProcessTable:
         if parent is not None:
             process.parent = parent.key
             parent.children.add(process.key)
-        self._classify(process)
+        self._classify(process, info.argv)
         self.by_pid[info.pid] = process
         self.by_key[process.key] = process
         return process, current
 
-    def _classify(self, process: Process) -> None:
+    def _classify(self, process: Process, argv: tuple[str, ...]) -> None:
         """Set the Storm role from argv, unless argv is only a copy of the parent's.
 
         Between fork and exec a child still shows its parent's argv, so the
         LogWriter's child looks like a second LogWriter until it execs the worker.
         """
-        if not process.argv:
+        if not argv:
             return
-        storm = classify(process.argv)
+        storm = classify(argv)
         parent = self.parent_of(process)
         if storm is not None and parent is not None and parent.storm is not None:
             same = (parent.storm.role, parent.storm.worker_id) == (storm.role, storm.worker_id)
-            if same and parent.argv == process.argv:
+            if same and parent.argv_digest == process.argv_digest:
                 storm = None
         process.storm = storm
 

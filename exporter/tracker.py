@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
+import urllib.parse
 import signal
 import time as _time
 from collections import defaultdict
@@ -54,6 +56,9 @@ DURATION_BUCKETS = (
 
 # How long exited keys are remembered; longer than any full scan takes.
 RECENT_EXIT_SECONDS = 10.0
+
+# Working directory of multilang children: <local>/supervisor/stormdist/<id>/resources.
+_STORMDIST = re.compile(r"/supervisor/stormdist/([^/]+)/resources(?:/|$)")
 
 # Comms of container runtimes and their helpers that stop containers.
 RUNTIME_COMMS = frozenset(
@@ -111,12 +116,14 @@ class Tracker:
         topology_max: int = 200,
         topology_retention: float = 86400.0,
         lookup: Callable[[int], ProcessInfo | None] | None = None,
+        read_cwd: Callable[[int], str | None] | None = None,
         host_pidns: int | None = None,
     ) -> None:
         self.clock = clock
         self.leftover_grace = leftover_grace
         self.settle = settle
         self.lookup = lookup or (lambda pid: None)
+        self.read_cwd = read_cwd or (lambda pid: None)
         self.host_pidns = host_pidns
         self.table = ProcessTable()
         self.labels = TopologyLabels(topology_max, topology_retention)
@@ -149,7 +156,7 @@ class Tracker:
             case ProcessExeced():
                 if event.info is not None:
                     process = self._add(event.info, event.time)
-                    self._check_kill_command(process, event.time)
+                    self._check_kill_command(process, event.info.argv, event.time)
             case ProcessExited():
                 self._exited(event)
             case SignalGenerated():
@@ -342,8 +349,8 @@ class Tracker:
         parent = self.table.parent_of(process)
         return parent if parent is not None else self._process_or_lookup(process.ppid)
 
-    def _check_kill_command(self, process: Process, time: float) -> None:
-        command = parse_kill_command(process.argv)
+    def _check_kill_command(self, process: Process, argv: tuple[str, ...], time: float) -> None:
+        command = parse_kill_command(argv)
         if command is None or command.signal == 0:
             return
         for pid in command.pids + command.process_groups:
@@ -401,10 +408,42 @@ class Tracker:
             known = self.table.get(info.pid)
             if known is None or known.start_ticks != info.start_ticks:
                 self._add(info, scan.time)
-            elif info.argv != known.argv and info.argv:
+            elif info.argv and hash(info.argv) != known.argv_digest:
                 self._add(info, scan.time)
+        self._adopt_orphans(scan.time)
         if counting and missed:
             self.events_lost["netlink"] += missed
+
+    def _adopt_orphans(self, now: float) -> None:
+        """Attribute processes that outlived an unseen worker, by their working directory.
+
+        Storm starts multilang children in <storm.local.dir>/supervisor/stormdist/
+        <topology id>/resources. A process there that belongs to no live worker tree
+        was left by a worker the exporter never saw exit (it started later, or the
+        events were lost), so it is a leftover of that topology from now on. Each
+        process is checked once.
+        """
+        for process in list(self.table.by_pid.values()):
+            if process.worker is not None or process.cwd_checked or process.role is not None:
+                continue
+            process.cwd_checked = True
+            topology = _stormdist_topology(self.read_cwd(process.pid) or "")
+            if topology is None:
+                continue
+            worker = Worker(
+                key=process.key, topology=topology, label=self.labels.admit(topology, now),
+                worker_id="", port=None, uid=process.uid, exit_time=now, outcome="orphaned",
+            )
+            worker.members.add(process.key)
+            worker.leftovers = {process.key}
+            process.worker = worker.key
+            process.topology = topology
+            self.workers[worker.key] = worker
+            self.leftovers_detected[worker.label] += 1
+            logger.warning(
+                "Leftover process of a worker that exited unseen pid=%d topology=%r comm=%r",
+                process.pid, topology, process.comm,
+            )
 
     # Time.
 
@@ -512,6 +551,11 @@ class Tracker:
                 if self._alive(key):
                     counts[worker.label] += 1
         return counts
+
+
+def _stormdist_topology(cwd: str) -> str | None:
+    match = _STORMDIST.search(cwd)
+    return urllib.parse.unquote(match.group(1)) if match else None
 
 
 def _is_runtime(comm: str) -> bool:

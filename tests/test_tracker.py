@@ -393,3 +393,36 @@ def test_worker_signalling_child_is_other():
     node.at(1.0).worker_tree()
     node.at(10.0).signal(202, SIGTERM, sender=201, comm="SIGTERM handler")
     assert node.tracker.signals[(TOPOLOGY, "SIGTERM", "other")] == 1
+
+
+def test_orphans_found_by_stormdist_cwd():
+    # Three multilang children reparented to the container's init after their worker
+    # was SIGKILLed before the exporter started; their cwd still names the topology.
+    cwds = {pid: f"/var/storm/supervisor/stormdist/{TOPOLOGY}/resources" for pid in (2388, 2389, 2402)}
+    cwds[3000] = "/home/storm"
+    node = Node(read_cwd=cwds.get)
+    node.at(100.0)
+    scan = {}
+    for pid, argv in ((2388, ["python3", "splitsentence.py"]), (2389, ["python3", "splitsentence.py"]),
+                      (2402, ["node", "splitsentence.js"]), (3000, ["python3", "splitsentence.py"])):
+        scan[pid] = ProcessInfo(pid=pid, start_ticks=pid, ppid=1, comm=argv[0], state="R", argv=tuple(argv))
+    node.tracker.handle(ScanCompleted(time=100.0, processes=scan))
+    tracker = node.tracker
+    assert tracker.leftover_counts() == {TOPOLOGY: 3}
+    assert tracker.leftovers_detected[TOPOLOGY] == 3
+    assert tracker.exits == {}
+    assert tracker.live_workers() == []
+    for pid in (2388, 2389, 2402):
+        node.at(110.0).exit(pid, signal.SIGKILL)
+    node.tick(110.1)
+    assert tracker.leftover_counts() == {}
+    assert tracker.workers == {}
+
+
+def test_orphan_cwd_checked_once():
+    calls = []
+    node = Node(read_cwd=lambda pid: calls.append(pid) or "/tmp")
+    info = ProcessInfo(pid=700, start_ticks=7, ppid=1, comm="sleep", state="S", argv=("sleep", "9"))
+    for time in (1.0, 31.0):
+        node.tracker.handle(ScanCompleted(time=time, processes={700: info}))
+    assert calls == [700]
