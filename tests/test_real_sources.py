@@ -56,7 +56,7 @@ def kernel(exporter) -> bool:
 
 
 def expected_outcome(exporter, outcome: str) -> str:
-    """Polling alone sees no exit status, so every exit is ``unknown`` there."""
+    """Return the outcome expected in this mode: polling reads no exit status, so ``unknown``."""
     return outcome if kernel(exporter) else "unknown"
 
 
