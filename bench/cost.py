@@ -100,6 +100,26 @@ class ExporterProcess:
             raise RuntimeError(f"the exporter pid {self.process.pid} is gone; see {self.log_path}")
         return stat.utime + stat.stime
 
+    def thread_ticks(self) -> dict[str, int]:
+        """Return utime + stime per thread, in clock ticks, named by the thread's role.
+
+        The main thread runs the asyncio loop (the 100 ms tick and HTTP). The next
+        three threads by start time are taken to be the sources, which
+        Exporter.start_sources() starts in the order tracefs, netlink, poll when
+        both kernel sources are active. Later threads are named by thread id.
+        """
+        tasks = []
+        for tid in self._procfs.list_tasks(self.process.pid):
+            stat = self._procfs.read_task_stat(self.process.pid, tid)
+            if stat is not None:
+                tasks.append((tid != self.process.pid, stat.start_ticks, tid, stat.utime + stat.stime))
+        tasks.sort()
+        names = ["main", "source-tracefs", "source-netlink", "source-poll"]
+        named = {}
+        for index, (_, _, tid, ticks) in enumerate(tasks):
+            named[names[index] if index < len(names) else f"other-{tid}"] = ticks
+        return named
+
     def memory_kb(self) -> dict[str, int]:
         """Return VmHWM and VmRSS of the exporter in KiB."""
         values = {}
@@ -194,15 +214,19 @@ def run_phase(exporter: ExporterProcess, seconds: float, churn: Churn | None, ke
     """
     started = time.monotonic()
     events = kernel.events
+    lost = kernel.lost
     ticks = exporter.cpu_ticks()
+    threads = exporter.thread_ticks()
     end = started + seconds
     next_scrape = started
     scrapes = 0
     if churn is not None:
         churn.begin(started)
+    first_scrape = ""
     while (now := time.monotonic()) < end:
         if now >= next_scrape:
-            exporter.scrape()
+            text = exporter.scrape()
+            first_scrape = first_scrape or text
             scrapes += 1
             next_scrape += SCRAPE_INTERVAL
         wake = min(next_scrape, end)
@@ -212,7 +236,13 @@ def run_phase(exporter: ExporterProcess, seconds: float, churn: Churn | None, ke
         time.sleep(max(0.0, wake - time.monotonic()))
     elapsed = time.monotonic() - started
     cpu_seconds = (exporter.cpu_ticks() - ticks) / CLOCK_TICKS_PER_SECOND
+    by_thread = {
+        name: round((value - threads.get(name, 0)) / CLOCK_TICKS_PER_SECOND, 2)
+        for name, value in exporter.thread_ticks().items()
+    }
     memory = exporter.memory_kb()
+    scan_count, scan_seconds = _scan_totals(exporter.scrape())
+    first_count, first_seconds = _scan_totals(first_scrape)
     with open("/proc/loadavg", encoding="ascii") as loadavg:
         load = float(loadavg.read().split()[0])
     result = {
@@ -221,9 +251,13 @@ def run_phase(exporter: ExporterProcess, seconds: float, churn: Churn | None, ke
         "cpu_seconds": round(cpu_seconds, 2),
         "cpu_seconds_per_minute": round(cpu_seconds * 60.0 / elapsed, 3),
         "percent_of_one_core": round(cpu_seconds * 100.0 / elapsed, 2),
+        "cpu_seconds_by_thread": by_thread,
         "peak_rss_mb": round(memory["VmHWM"] / 1024, 1),
         "rss_mb": round(memory["VmRSS"] / 1024, 1),
         "process_events_per_second": round((kernel.events - events) / elapsed, 1),
+        "ground_truth_events_lost": kernel.lost - lost,
+        "full_scans": int(scan_count - first_count),
+        "full_scan_seconds": round(scan_seconds - first_seconds, 3),
         "load_average_1m_at_end": load,
     }
     if churn is not None:
@@ -239,6 +273,18 @@ def _bench_samples(text: str, name: str) -> list:
             if sample.name == name and sample.labels.get("topology", "").startswith(TOPOLOGY_PREFIX):
                 samples.append(sample)
     return samples
+
+
+def _scan_totals(text: str) -> tuple[float, float]:
+    """Return the count and sum of the exporter's full /proc scan histogram."""
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "storm_termination_exporter_scan_duration_seconds_count":
+                count = sample.value
+            elif sample.name == "storm_termination_exporter_scan_duration_seconds_sum":
+                total = sample.value
+    return count, total
 
 
 def _exits_by_outcome(text: str) -> Counter[str]:
@@ -287,7 +333,7 @@ def measure_cost(workload: Workload, kernel: KernelTimes, log_path: str) -> dict
         result["churn"]["outcomes_counted"] = dict(exits)
         result["churn"]["logwriter_returncodes"] = dict(churn.returncodes)
         result["churn"]["running_workers_reported"] = _running_workers(after)
-        result["events_lost"] = _events_lost(after)
+        result["exporter_events_lost_total_at_end"] = _events_lost(after)
     finally:
         result["exporter_stop"] = exporter.stop()
     return result

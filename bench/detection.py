@@ -7,9 +7,10 @@ worker has been applied is recorded with ``time.monotonic()``.
 
 Ground truth comes from ``kernel_truth.KernelTimes``: the worker's exit is the
 kernel's timestamp of its proc connector exit event. The termination request is
-``time.monotonic()`` just before ``os.kill(worker, SIGTERM)``, or, in the
-``netlink`` mode, which sees no kill(2) and only kill commands, the kernel's
-timestamp of the exec of ``kill -15 PID``.
+``time.monotonic()`` just before ``os.kill(worker, SIGTERM)``. The ``netlink``
+mode cannot see a kill(2) call, only the exec of a kill command (and the JVM's
+"SIGTERM handler" thread), so there the request is ``kill -15 PID`` and its
+ground truth is the kernel's timestamp of that command's exec.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from exporter import outcome as oc
-from exporter.app import Exporter
+from exporter.app import TICK_SECONDS, Exporter
 from exporter.config import Config
 from exporter.events import Event, ProcessExited
 from exporter.tracker import Worker
@@ -49,7 +50,6 @@ REQUEST_SPACING = 0.05
 TOPOLOGY_PREFIX = "bench-detect-"
 TRACK_TIMEOUT = 5.0
 EXIT_TIMEOUT = 5.0
-TICK_SECONDS = 0.1  # exporter.app.TICK_SECONDS
 
 
 @dataclass
@@ -244,6 +244,28 @@ def _histogram_totals(instance: InProcessExporter) -> tuple[int, float]:
     return sum(sum(h.counts) for h in mine), sum(h.total for h in mine)
 
 
+def _duration_sample(kill: Kill) -> dict | None:
+    """Compare the exporter's shutdown duration with the ground truth, or return None.
+
+    Offsets are exporter minus ground truth, so a negative request offset is a
+    request the exporter placed earlier than the benchmark made it.
+    """
+    worker = kill.worker
+    timed = worker.outcome in oc.TIMED_OUTCOMES and worker.request_time is not None
+    if not timed or kill.request_truth is None or worker.exit_time is None:
+        return None
+    measured = worker.exit_time - worker.request_time
+    error = measured - (kill.exit_truth - kill.request_truth)
+    return {
+        "measured": max(0.0, measured),  # the tracker observes negative durations as 0
+        "error": abs(error),
+        "error_ms": round(abs(error) * 1000, 3),
+        "request_via": worker.request_via,
+        "request_offset_ms": round((worker.request_time - kill.request_truth) * 1000, 3),
+        "exit_offset_ms": round((worker.exit_time - kill.exit_truth) * 1000, 3),
+    }
+
+
 def _summarize(
     name: str,
     kills: list[Kill],
@@ -251,18 +273,14 @@ def _summarize(
     untracked: int,
     histogram: tuple[int, float],
 ) -> dict:
-    latencies = []
-    clock_offsets = []
-    errors = []
-    durations = []
-    details = []
     outcomes: Counter[str] = Counter()
     request_via: Counter[str] = Counter()
-    missed_exits = 0
-    no_duration = 0
     returncodes: Counter[str] = Counter()
+    latencies = []
+    clock_offsets = []
+    samples = []
+    missed_exits = 0
     for kill in kills:
-        pid = kill.tree.worker_pid
         returncodes[str(kill.tree.returncode)] += 1
         outcomes[kill.worker.outcome or "none"] += 1
         request_via[kill.worker.request_via or "none"] += 1
@@ -270,38 +288,30 @@ def _summarize(
             missed_exits += 1
             continue
         latencies.append(kill.applied - kill.exit_truth)
-        clock_offsets.append(abs(instance.exits_seen[pid] - kill.exit_truth))
-        worker = kill.worker
-        timed = worker.outcome in oc.TIMED_OUTCOMES and worker.request_time is not None
-        if not timed or kill.request_truth is None or worker.exit_time is None:
-            no_duration += 1
-            continue
-        measured = worker.exit_time - worker.request_time
-        durations.append(max(0.0, measured))
-        errors.append(abs(measured - (kill.exit_truth - kill.request_truth)))
-        details.append({
-            "error_ms": round(errors[-1] * 1000, 3),
-            "request_via": worker.request_via,
-            "request_offset_ms": round((worker.request_time - kill.request_truth) * 1000, 3),
-            "exit_offset_ms": round((worker.exit_time - kill.exit_truth) * 1000, 3),
-        })
+        clock_offsets.append(abs(instance.exits_seen[kill.tree.worker_pid] - kill.exit_truth))
+        sample = _duration_sample(kill)
+        if sample is not None:
+            samples.append(sample)
+
     observations, total = histogram
+    largest = sorted(samples, key=lambda sample: sample["error"], reverse=True)[:3]
     return {
         "mode": name,
         "request": "kill -15 PID command" if name == "netlink" else "os.kill(pid, SIGTERM)",
         "workers_started": len(kills) + untracked,
         "workers_not_tracked": untracked,
         "exits_not_applied": missed_exits,
-        "exits_without_duration": no_duration,
+        "exits_without_duration": len(kills) - missed_exits - len(samples),
         "outcomes": dict(outcomes),
         "request_via": dict(request_via),
         "logwriter_returncodes": dict(returncodes),
         "detection_latency": summarize_ms(latencies),
         "exit_time_offset": summarize_ms(clock_offsets),
-        "duration_error": summarize_ms(errors),
-        # Offsets are exporter minus ground truth, so a negative request offset is
-        # a request the exporter placed earlier than the benchmark made it.
-        "largest_duration_errors": sorted(details, key=lambda d: d["error_ms"], reverse=True)[:3],
+        "duration_error": summarize_ms([sample["error"] for sample in samples]),
+        "largest_duration_errors": [
+            {key: value for key, value in sample.items() if key.endswith(("_ms", "_via"))}
+            for sample in largest
+        ],
         "histogram_observations": observations,
-        "histogram_sum_matches_episodes": abs(total - sum(durations)) < 1e-6,
+        "histogram_sum_matches_episodes": abs(total - sum(s["measured"] for s in samples)) < 1e-6,
     }

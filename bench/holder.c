@@ -16,8 +16,8 @@
  *   HotSpot gives the thread that runs a JVM's shutdown), which sleeps
  *   BENCH_SHUTDOWN_DELAY_MS milliseconds (default 0) and exits the process with 143.
  *
- * Every child asks for SIGKILL when its parent dies (PR_SET_PDEATHSIG), so nothing
- * outlives a benchmark run that was itself killed.
+ * Every process the holder forks sets PR_SET_PDEATHSIG to SIGKILL, which execve keeps,
+ * so a worker dies with its LogWriter and an idle process with its holder.
  */
 
 #define _GNU_SOURCE

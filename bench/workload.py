@@ -1,15 +1,15 @@
 """Storm-shaped load for the benchmarks: worker trees and idle processes from bench/holder.c.
 
-Every process started here is recorded and ended by pid in ``Workload.close()``.
-Workers are signalled through pidfds opened while they were known to be alive, so a
-reused pid is never hit.
+Every process started here is recorded and ended by pid in ``Workload.close()``,
+which signals workers through pidfds opened while they were alive, so a reused pid
+is never hit. The measured SIGTERM uses kill(2) on a worker that is still alive, and
+its pid cannot be reused before its LogWriter reaps it.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -63,11 +63,6 @@ class Tree:
     started: float  # time.monotonic() before the LogWriter was started
     request_time: float | None = None  # time.monotonic() before the termination request
     returncode: int | None = None
-
-    def worker_exited(self) -> bool:
-        """Return whether the worker has exited; its pidfd becomes readable then."""
-        readable, _, _ = select.select([self.worker_pidfd], [], [], 0)
-        return bool(readable)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from dataclasses import asdict
 
@@ -256,8 +257,14 @@ class Exporter:
         return runner
 
 
+# A source thread waiting for the GIL gets it after at most this long. The
+# netlink reader must read a `kill` command's argv within about a millisecond.
+GIL_SWITCH_SECONDS = 0.0005
+
+
 def run(config: Config) -> int:
     """Start the exporter with ``config`` and block until it stops."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     logger.info(
         "Starting storm-termination-exporter version=%s pid=%d config=%s",
         __version__, os.getpid(), _describe(config),

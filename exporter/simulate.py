@@ -343,6 +343,7 @@ class KillCommand:
     signal: int
     pid: int  # in the supervisor's PID namespace
     returncode: int
+    finished: float = 0.0  # CLOCK_MONOTONIC just after the command exited
 
 
 @dataclass
@@ -392,7 +393,7 @@ def stop_worker_processes(
         for pid in pids:
             started = time.monotonic()
             returncode = run_command(["kill", f"-{signum}", str(pid)])
-            command = KillCommand(started, signum, pid, returncode)
+            command = KillCommand(started, signum, pid, returncode, time.monotonic())
             report.kills.append(command)
             if on_kill is not None:
                 on_kill(command)
@@ -672,6 +673,7 @@ class Supervisor:
                 signal=command.signal,
                 pid=command.pid,
                 started=command.time,
+                finished=command.finished,
                 returncode=command.returncode,
             )
 

@@ -65,6 +65,17 @@ class Termination:
     kills: tuple[KillCommand, ...] = ()
 
     @property
+    def shortest_duration(self) -> float | None:
+        """Seconds from the end of the first kill command to the worker's exit.
+
+        The signal was generated between the start and the end of that command, so
+        the true shutdown duration lies between this and ``shutdown_duration``.
+        """
+        if not self.kills or self.worker_exit_time is None:
+            return None
+        return self.worker_exit_time - self.kills[0].finished
+
+    @property
     def shutdown_duration(self) -> float | None:
         """Seconds from the first kill command to the worker's exit."""
         if self.request_time is None or self.worker_exit_time is None:
@@ -265,7 +276,7 @@ class WorkerTree:
         if stopped[1]["event"] == "stop_failed":
             raise RuntimeError(f"supervisor failed to stop worker {worker_id}: {stopped[1].get('message')}")
         kills = tuple(
-            KillCommand(event["started"], event["signal"], event["pid"], event["returncode"])
+            KillCommand(event["started"], event["signal"], event["pid"], event["returncode"], event["finished"])
             for event in supervisor.events(start)
             if event["event"] == "kill" and event.get("worker_id") == worker_id
         )

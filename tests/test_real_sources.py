@@ -77,6 +77,21 @@ def wait_exit(exporter, tree, outcome: str, timeout: float = 15.0) -> None:
     assert value == 1, exporter.output()[-3000:]
 
 
+def assert_duration(exporter, total: float, truth) -> None:
+    """Check a recorded duration against the ground truth.
+
+    With kernel sources the request is the signal or the kill command's exec, which
+    happen while the first kill command runs, so the duration lies between the
+    truth measured from the command's end and from its start, within the tolerance.
+    """
+    margin = tolerance(exporter)
+    if kernel(exporter):
+        assert total >= truth.shortest_duration - margin
+        assert total <= truth.shutdown_duration + margin
+    else:
+        assert total == pytest.approx(truth.shutdown_duration, abs=margin)
+
+
 def duration(exporter, tree, outcome: str) -> tuple[float | None, float | None]:
     labels = {"topology": label(tree), "outcome": outcome}
     return (
@@ -93,7 +108,7 @@ def test_graceful_worker(exporter, trees):
     wait_exit(exporter, tree, outcome)
     total, count = duration(exporter, tree, outcome)
     assert count == 1
-    assert total == pytest.approx(truth.shutdown_duration, abs=tolerance(exporter))
+    assert_duration(exporter, total, truth)
     assert exporter.value("storm_worker_sigkill_escalations_total", topology=label(tree)) == 0
     if "tracefs" in exporter.mode:
         # The harness's kill commands, plus the worker's own SIGTERM to each
@@ -113,7 +128,7 @@ def test_watchdog_halt(exporter, trees):
     wait_exit(exporter, tree, outcome)
     total, count = duration(exporter, tree, outcome)
     assert count == 1
-    assert total == pytest.approx(truth.shutdown_duration, abs=tolerance(exporter))
+    assert_duration(exporter, total, truth)
 
 
 def test_kill_inside_pid_namespace(exporter, trees):
@@ -125,14 +140,14 @@ def test_kill_inside_pid_namespace(exporter, trees):
     wait_exit(exporter, tree, outcome)
     total, count = duration(exporter, tree, outcome)
     assert count == 1
-    assert total == pytest.approx(truth.shutdown_duration, abs=tolerance(exporter))
+    assert_duration(exporter, total, truth)
     if "netlink" in exporter.mode:
         commands = exporter.value("storm_worker_kill_commands_total", topology=label(tree), signal="SIGTERM")
         assert commands == 1
     if "tracefs" in exporter.mode:
         sent = exporter.value("storm_worker_signals_total", topology=label(tree), signal="SIGTERM",
                               sender="supervisor")
-        assert sent == len(truth.killed_pids(signal.SIGTERM))
+        assert sent == len(truth.killed_pids(signal.SIGTERM)), exporter.output()[-6000:]
 
 
 def test_ignored_sigterm_escalates(exporter, trees):
@@ -145,7 +160,7 @@ def test_ignored_sigterm_escalates(exporter, trees):
     wait_exit(exporter, tree, outcome)
     total, count = duration(exporter, tree, outcome)
     assert count == 1
-    assert total == pytest.approx(truth.shutdown_duration, abs=tolerance(exporter))
+    assert_duration(exporter, total, truth)
     escalations = exporter.value("storm_worker_sigkill_escalations_total", topology=label(tree))
     assert escalations == (1 if kernel(exporter) else 0)
 
