@@ -307,6 +307,19 @@ def _events_lost(text: str) -> dict[str, float]:
     return lost
 
 
+def _topology_overflows(text: str) -> float:
+    """Return storm_termination_exporter_topology_overflow_total.
+
+    Workers past --topology.max are exported as topology="_other", where this
+    module's topology filter cannot count them.
+    """
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "storm_termination_exporter_topology_overflow_total":
+                return sample.value
+    return 0.0
+
+
 def measure_cost(workload: Workload, kernel: KernelTimes, log_path: str) -> dict:
     """Run both phases and return their figures plus the exporter's own counts."""
     workload.start_idle(IDLE_PROCESSES)
@@ -334,6 +347,7 @@ def measure_cost(workload: Workload, kernel: KernelTimes, log_path: str) -> dict
         result["churn"]["logwriter_returncodes"] = dict(churn.returncodes)
         result["churn"]["running_workers_reported"] = _running_workers(after)
         result["exporter_events_lost_total_at_end"] = _events_lost(after)
+        result["topology_overflow_total_at_end"] = _topology_overflows(after)
     finally:
         result["exporter_stop"] = exporter.stop()
     return result

@@ -8,10 +8,17 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from exporter import __version__
 from exporter.collector import StormCollector
@@ -29,6 +36,10 @@ from exporter.tracker import Tracker
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
+
+# A signal this soon after the first is the same stop request, not an order to
+# exit at once.
+DUPLICATE_SIGNAL_SECONDS = 0.5
 
 
 class StartupError(Exception):
@@ -70,8 +81,16 @@ class Exporter:
     # Events from source threads.
 
     def emit(self, event: Event) -> None:
+        """Apply one event; a failure is logged and counted, and never stops the source."""
         with self.lock:
-            self.tracker.handle(event)
+            try:
+                self.tracker.handle(event)
+            except Exception:
+                self.collector.event_errors += 1
+                logger.exception(
+                    "Applying %s failed pid=%s", type(event).__name__, getattr(event, "pid", "")
+                )
+                return
         if isinstance(event, ScanCompleted):
             self.ready.set()
 
@@ -107,9 +126,13 @@ class Exporter:
             signal_threads="tracefs" not in active,
             tracked=self.tracked,
             on_scan=self.scan_duration.observe,
+            on_error=self._count_poll_error,
         )
         self._set_capabilities()
         self._log_sources(unavailable)
+
+    def _count_poll_error(self) -> None:
+        self.collector.source_errors["poll"] += 1
 
     def _make(self, name: str) -> Source:
         if name == "tracefs":
@@ -192,18 +215,25 @@ class Exporter:
         """Run until SIGTERM or SIGINT; return the exit status."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        signals_seen = 0
+        first_signal: float | None = None
 
         def on_signal(signum: int) -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen > 1:
-                logger.warning("Second %s; exiting at once", signal.Signals(signum).name)
+            nonlocal first_signal
+            name = signal.Signals(signum).name
+            now = time.monotonic()
+            if first_signal is None:
+                first_signal = now
+                logger.info("Received %s; stopping", name)
+                stopping.set()
+            elif now - first_signal < DUPLICATE_SIGNAL_SECONDS:
+                # `timeout` and process managers signal the process and then its
+                # group, so the same request often arrives twice.
+                logger.debug("Received %s again while stopping; ignored", name)
+            else:
+                logger.warning("Second %s while stopping; exiting at once with status 1", name)
                 os._exit(1)
-            logger.info("Received %s; stopping", signal.Signals(signum).name)
-            stopping.set()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, on_signal, signum)
 
         runner = await self._start_http()
@@ -248,7 +278,7 @@ class Exporter:
             address = f"{self.config.listen_host}:{self.config.listen_port}"
             raise StartupError(
                 f"cannot listen on {address}: {error.strerror or error}; "
-                "choose another port with --web.listen-address"
+                "check the host and port given with --web.listen-address"
             ) from error
         logger.info(
             "Listening address=%s:%d telemetry_path=%s",
@@ -265,6 +295,7 @@ GIL_SWITCH_SECONDS = 0.0005
 def run(config: Config) -> int:
     """Start the exporter with ``config`` and block until it stops."""
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    disable_created_metrics()  # no *_created series next to the exporter's own histogram
     logger.info(
         "Starting storm-termination-exporter version=%s pid=%d config=%s",
         __version__, os.getpid(), _describe(config),

@@ -15,6 +15,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.labels import bound_length
 from exporter.outcome import OUTCOMES
 from exporter.tracker import DURATION_BUCKETS, Tracker
 
@@ -33,6 +34,7 @@ class StormCollector(Collector):
         self.lock = lock
         self.sources: list[str] = list(sources)
         self.source_errors: defaultdict[str, int] = defaultdict(int)
+        self.event_errors = 0
 
     def describe(self) -> list:
         return []
@@ -69,24 +71,26 @@ class StormCollector(Collector):
         labels = [label for label in tracker.labels.last_active]
         counts = {(label, state): 0 for label in labels for state in STATES}
         oldest = {label: 0.0 for label in labels}
+        seen_info: set[tuple[str, ...]] = set()
         for worker in tracker.live_workers():
             state = "terminating" if worker.request_time is not None else "running"
             counts[(worker.label, state)] = counts.get((worker.label, state), 0) + 1
             if worker.request_time is not None:
                 age = max(0.0, now - worker.request_time)
                 oldest[worker.label] = max(oldest.get(worker.label, 0.0), age)
-            info.add_metric(
-                [
-                    worker.label,
-                    worker.worker_id,
-                    "" if worker.port is None else str(worker.port),
-                    "" if worker.uid is None else str(worker.uid),
-                    "",
-                    "",
-                    "",
-                ],
-                1,
+            values = (
+                worker.label,
+                bound_length(worker.worker_id),
+                "" if worker.port is None else str(worker.port),
+                "" if worker.uid is None else str(worker.uid),
+                "",
+                "",
+                "",
             )
+            # Workers whose argv lacks the ids would repeat a series: emit it once.
+            if values not in seen_info:
+                seen_info.add(values)
+                info.add_metric(list(values), 1)
         for (label, state), value in sorted(counts.items()):
             workers.add_metric([label, state], value)
         for label, age in sorted(oldest.items()):
@@ -166,18 +170,28 @@ class StormCollector(Collector):
         for source in self.sources:
             active.add_metric([source], 1)
         yield active
+        lost = {(source,): 0 for source in self.sources if source != "poll"}
+        lost.update({(k,): v for k, v in tracker.events_lost.items()})
         yield _counter(
             "storm_termination_exporter_events_lost",
             "Events known to be lost: reported by the kernel, or found missing by a full scan.",
             ["source"],
-            {(k,): v for k, v in tracker.events_lost.items()},
+            lost,
         )
+        source_errors = {(source,): 0 for source in self.sources}
+        source_errors.update({(k,): v for k, v in self.source_errors.items()})
         yield _counter(
             "storm_termination_exporter_event_source_errors",
             "Failures of an event source after it started; the exporter fell back.",
             ["source"],
-            {(k,): v for k, v in self.source_errors.items()},
+            source_errors,
         )
+        event_errors = CounterMetricFamily(
+            "storm_termination_exporter_event_errors",
+            "Events whose processing raised an error; the event was skipped.",
+        )
+        event_errors.add_metric([], self.event_errors)
+        yield event_errors
         overflow = CounterMetricFamily(
             "storm_termination_exporter_topology_overflow",
             "Workers whose topology label became _other because --topology.max topologies "

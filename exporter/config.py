@@ -62,7 +62,7 @@ def parse_duration(text: str) -> float:
 def parse_listen_address(text: str) -> tuple[str, int]:
     """Split ``host:port``, ``:port`` or ``[v6]:port``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(
             f"invalid listen address {text!r}: use HOST:PORT or :PORT, such as :{DEFAULT_PORT}"
         )
@@ -83,7 +83,7 @@ def parse_sources(text: str) -> tuple[str, ...]:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number of 1 or more")
     return int(text)
 

@@ -24,7 +24,15 @@ def wait_ready(url: str, exporter: subprocess.Popen, timeout: float = 15.0) -> b
     return False
 
 
+def _stop_on_signal(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Handle SIGINT even when it was inherited as ignored (a background job), and
+    # SIGTERM too, so that both stop the exporter and the simulator.
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     if os.geteuid() != 0:
         print("Not root: the kernel event sources are unavailable, the exporter will poll /proc.")
     command = [sys.executable, "-m", "exporter", f"--web.listen-address={ADDRESS}", "--leftover.grace=3s"]

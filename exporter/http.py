@@ -37,7 +37,7 @@ def build_app(
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(None, encoder, registry)
         headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
@@ -60,3 +60,19 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
     return app
+
+
+def _accepts_gzip(header: str) -> bool:
+    """Return whether an Accept-Encoding header allows gzip (``gzip;q=0`` forbids it)."""
+    for part in header.split(","):
+        coding, _, parameters = part.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = parameters.strip()
+        if quality.startswith("q="):
+            try:
+                return float(quality[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False

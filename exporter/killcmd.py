@@ -16,10 +16,12 @@ from typing import Literal, Sequence
 
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "zsh"})
 
-_NUMBER = re.compile(r"-?[0-9]+")
-_DIGITS = re.compile(r"[0-9]+")
+# Digit runs are bounded, because Python refuses to convert strings of over 4,300
+# digits; a pid or signal number never needs more than 18.
+_NUMBER = re.compile(r"-?[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 # The numbers that strtol(s, &end, 10) accepts when *end must be the terminating NUL.
-_STRTOL_NUMBER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+_STRTOL_NUMBER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]{1,18}")
 _SHELL_OPERATOR = re.compile(r"[();<>|&]+")
 _LIST_OPTIONS = frozenset({"-l", "-L", "--list", "--table"})
 _MAX_PID = 2**31 - 1

@@ -8,6 +8,18 @@ logger = logging.getLogger(__name__)
 
 OTHER = "_other"
 
+# Storm topology ids are a name, a counter and an epoch; argv can still carry one of
+# 128 KiB. Longer values keep their head and their distinguishing tail.
+MAX_LABEL_LENGTH = 256
+_HEAD, _TAIL = 200, 40
+
+
+def bound_length(value: str) -> str:
+    """Shorten ``value`` to at most MAX_LABEL_LENGTH characters, marking the cut."""
+    if len(value) <= MAX_LABEL_LENGTH:
+        return value
+    return f"{value[:_HEAD]}...{value[-_TAIL:]}"
+
 
 class TopologyLabels:
     """Admit topology ids as label values up to a maximum, and expire idle ones.
@@ -25,6 +37,8 @@ class TopologyLabels:
         self.overflowed = 0  # workers whose topology was put under _other
 
     def admit(self, topology: str, now: float) -> str:
+        """Return the label value for ``topology``, admitting it when there is room."""
+        topology = bound_length(topology)
         if topology in self.last_active:
             self.last_active[topology] = now
             return topology

@@ -17,6 +17,10 @@ from exporter.storm import StormProcess, classify
 
 Key = tuple[int, int]
 
+# How long after its exit a process may still receive signals as a zombie; parents
+# such as the LogWriter reap their children within milliseconds.
+ZOMBIE_SECONDS = 1.0
+
 
 @dataclass(slots=True)
 class Process:
@@ -151,13 +155,20 @@ class ProcessTable:
         return self.by_pid.get(pid) or self._exited_by_pid.get(pid)
 
     def holder_at(self, pid: int, time: float) -> Process | None:
-        """Return the process that had ``pid`` at ``time``: the live one, or one that
-        exited since, for facts that arrive after the exit they preceded."""
+        """Return the process that had ``pid`` at ``time``.
+
+        That is the live holder, unless it appeared later than ``time``; then it is
+        the process that exited with that pid. A fact may arrive after the exit it
+        preceded, and a signal may be generated for a process that is already
+        exiting, until its parent reaps it: both go to the exited process when it
+        exited less than ZOMBIE_SECONDS before ``time``.
+        """
         process = self.by_pid.get(pid)
+        if process is not None and process.added <= time:
+            return process
         exited = self._exited_by_pid.get(pid)
-        if exited is not None and exited.exit_time is not None and exited.exit_time >= time:
-            if process is None or process.added > time:
-                return exited
+        if exited is not None and exited.exit_time is not None and exited.exit_time >= time - ZOMBIE_SECONDS:
+            return exited
         return process
 
     def forget(self, key: Key) -> None:

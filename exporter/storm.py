@@ -62,8 +62,10 @@ _STORM1_WORKER_ARGS = ("topology_id", "supervisor_id", "port", "worker_id")
 
 _CLASSPATH_OPTIONS = frozenset({"-cp", "-classpath", "--class-path"})
 
-_TOPOLOGY_ID = re.compile(r"(?P<name>.+)-(?P<counter>[0-9]+)-(?P<launched>[0-9]+)", re.DOTALL)
-_DECIMAL = re.compile(r"[0-9]+")
+# Digit runs are bounded: Python refuses to convert strings of over 4,300 digits,
+# and no counter, epoch, port or size in Storm needs more than 18.
+_TOPOLOGY_ID = re.compile(r"(?P<name>.+)-(?P<counter>[0-9]{1,18})-(?P<launched>[0-9]{1,18})", re.DOTALL)
+_DECIMAL = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,15 @@ def test_port_in_use_exits_nonzero():
     assert "--web.listen-address" in result.stderr
 
 
+def test_gzip_refused_with_zero_quality(exporter):
+    status, headers, body = http_get(
+        f"http://{exporter.address}/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"}
+    )
+    assert status == 200
+    assert "Content-Encoding" not in headers
+    assert b"storm_termination_exporter_build_info" in body
+
+
 def test_invalid_flag_exits_2():
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--poll.interval=fast"],
@@ -148,19 +157,25 @@ def test_sigterm_stops_within_a_second_and_cleans_up():
         running.stop()
 
 
-def test_second_signal_exits_at_once():
+def test_repeated_signal_is_one_stop():
     running = ExporterProcess("--events.source=poll")
     try:
         running.wait_ready()
-        running.process.send_signal(signal.SIGINT)
-        running.process.send_signal(signal.SIGINT)
-        status = running.process.wait(timeout=5)
-        # Two signals sent back to back may merge into one pending signal.
-        if "Second SIGINT; exiting at once" in running.output():
-            assert status == 1
-        else:
-            assert status == 0
-            assert "Stopped" in running.output()
+        running.process.send_signal(signal.SIGTERM)
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=5) == 0
+        assert "Stopped" in running.output()
+    finally:
+        running.stop()
+
+
+def test_sighup_stops_cleanly():
+    running = ExporterProcess("--events.source=poll")
+    try:
+        running.wait_ready()
+        running.process.send_signal(signal.SIGHUP)
+        assert running.process.wait(timeout=5) == 0
+        assert "Received SIGHUP; stopping" in running.output()
     finally:
         running.stop()
 
@@ -179,3 +194,16 @@ def test_stale_tracefs_instance_removed_at_start():
         running.stop()
         if stale.exists():
             stale.rmdir()
+
+
+def test_custom_tracefs_path_is_never_mounted(tmp_path):
+    require_root()
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{free_port()}",
+         "--events.source=tracefs", f"--path.tracefs={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "is not a tracefs mount" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()

@@ -98,3 +98,26 @@ def test_series_gone_after_retention():
     node.tick(100.0)
     registry, text = scrape(node)
     assert "wordcount-3-1700000000" not in text
+
+
+def test_long_topology_label_is_bounded():
+    node = Node()
+    long_id = "t" * 100_000 + "-7-1700000000"
+    episode(node, long_id)
+    _, text = scrape(node)
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    (value,) = {s.labels["topology"] for s in families["storm_worker_exits"].samples}
+    assert len(value) <= 256
+    assert value.endswith("-7-1700000000")
+    assert len(text) < 50_000
+
+
+def test_workers_without_ids_share_one_info_series():
+    node = Node()
+    node.at(1.0)
+    for base in (200, 300, 400):
+        node.worker_tree(topology="same-1-1", base=base, worker_id="")
+    registry, text = scrape(node)
+    lines = [line for line in text.splitlines() if line.startswith("storm_worker_info{")]
+    assert len(lines) == 1
+    assert sample(registry, "storm_workers", topology="same-1-1", state="running") == 3

@@ -29,7 +29,7 @@ def test_listen_address_forms():
     assert parse_listen_address("[::1]:8080") == ("::1", 8080)
 
 
-@pytest.mark.parametrize("text", ["9999", "host:", "host:0", "host:70000", "host:http"])
+@pytest.mark.parametrize("text", ["9999", "host:", "host:0", "host:70000", "host:http", "host:\u0661\u0669", "host:\u00b2"])
 def test_listen_address_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError, match="invalid listen address"):
         parse_listen_address(text)
@@ -63,6 +63,7 @@ def test_defaults():
         ("--poll.interval=0s", "--poll.interval"),
         ("--leftover.grace=five", "--leftover.grace"),
         ("--topology.max=0", "--topology.max"),
+        ("--topology.max=\u00b2", "whole number"),
         ("--log.format=xml", "--log.format"),
         ("--events.source=bpf", "--events.source"),
         ("--web.listen-address=nowhere", "--web.listen-address"),

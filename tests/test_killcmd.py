@@ -218,3 +218,11 @@ def test_garbage_argv_never_raises():
         argv = [generator.choice(pieces) for _ in range(generator.randint(0, 6))]
         result = parse_kill_command(argv)
         assert result is None or isinstance(result, KillCommand)
+
+
+def test_huge_numbers_rejected_not_fatal():
+    digits = "9" * 5000
+    assert parse_kill_command(["kill", f"-{digits}", "123"]) is None
+    assert parse_kill_command(["kill", "-15", digits]) is None
+    assert parse_kill_command(["worker-launcher", "storm", "signal", digits, "15"]) is None
+    assert parse_kill_command(["kill", "-s", f"RTMIN+{digits}", "1"]) is None

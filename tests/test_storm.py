@@ -490,3 +490,17 @@ def test_backtype_worker():
 )
 def test_parse_topology_id(topology_id, expected):
     assert parse_topology_id(topology_id) == expected
+
+
+def test_huge_digit_runs_are_invalid_not_fatal():
+    digits = "9" * 5000
+    argv = [
+        "java", "-Dstorm.id=x-1-1", f"-Dworker.port={digits}", f"-Dworker.memory_limit_mb={digits}",
+        "-cp", "x", "org.apache.storm.daemon.worker.Worker", f"x-{digits}-1", "sup", "6628", digits, "w",
+    ]
+    process = classify(argv)
+    assert process is not None
+    assert process.role == "worker"
+    assert process.port is None
+    assert process.memory_limit_mb is None
+    assert parse_topology_id(f"x-{digits}-1") is None

@@ -366,12 +366,13 @@ def test_missing_root_without_mount_unavailable(tmp_path: Path) -> None:
     assert str(missing) in str(raised.value)
 
 
-def test_unmountable_root_unavailable(tmp_path: Path) -> None:
-    missing = tmp_path / "no-tracefs"
-    source = TracefsSource(tracing_root=str(missing), mount=True)
+def test_custom_root_never_mounted(tmp_path: Path) -> None:
+    for root in (tmp_path / "no-tracefs", tmp_path):
+        source = TracefsSource(tracing_root=str(root), mount=True)
 
-    with pytest.raises(SourceUnavailable, match="does not exist"):
-        source.open()
+        with pytest.raises(SourceUnavailable, match="is not a tracefs mount"):
+            source.open()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_before_open_raises() -> None:

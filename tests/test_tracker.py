@@ -426,3 +426,11 @@ def test_orphan_cwd_checked_once():
     for time in (1.0, 31.0):
         node.tracker.handle(ScanCompleted(time=time, processes={700: info}))
     assert calls == [700]
+
+
+def test_signal_to_exiting_child_counted():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).exit(202, signal.SIGTERM)
+    node.at(10.002).signal(202, SIGTERM, sender=300)
+    assert sum(v for k, v in node.tracker.signals.items() if k[:2] == (TOPOLOGY, "SIGTERM")) == 1

@@ -50,8 +50,8 @@ class PollSource:
     """Scan /proc on a timer; see the module docstring for ``quick`` mode.
 
     ``tracked()`` returns (pid, start ticks, is a JVM of a worker tree) for the
-    processes whose exits matter. ``on_scan(seconds)`` is told each full scan's
-    duration.
+    processes whose exits matter. ``on_scan(seconds)`` receives each full scan's
+    duration, and ``on_error()`` is called for each failed round.
     """
 
     name = "poll"
@@ -66,6 +66,7 @@ class PollSource:
         signal_threads: bool = False,
         tracked: Tracked = lambda: (),
         on_scan: Callable[[float], None] = lambda seconds: None,
+        on_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.procfs = procfs
         self.interval = interval
@@ -74,11 +75,13 @@ class PollSource:
         self.signal_threads = signal_threads
         self.tracked = tracked
         self.on_scan = on_scan
+        self.on_error = on_error
         self._known: set[int] = set()
         self._young: dict[int, tuple[str, ...]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
         self._threads: dict[int, int] = {}
         self._signal_seen: set[tuple[int, int]] = set()
+        self.failures = 0
 
     def open(self) -> None:
         """Nothing to acquire; /proc is checked by the first scan."""
@@ -89,16 +92,28 @@ class PollSource:
         self._pidfds.clear()
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Scan and poll until ``stop``; a failed round is logged, counted and retried."""
         next_scan = 0.0
         while not stop.is_set():
             now = time.monotonic()
-            if now >= next_scan:
-                self.scan(emit)
-                next_scan = time.monotonic() + self.scan_interval
-            elif self.quick:
-                self.poll(emit)
-            deadline = min(next_scan, time.monotonic() + (self.interval if self.quick else 0.2))
-            self._wait(emit, stop, deadline)
+            try:
+                if now >= next_scan:
+                    next_scan = now + self.scan_interval
+                    self.scan(emit)
+                elif self.quick:
+                    self.poll(emit)
+                deadline = min(next_scan, time.monotonic() + (self.interval if self.quick else 0.2))
+                self._wait(emit, stop, deadline)
+            except OSError as error:
+                # /proc unmounted or replaced under us: retry on the next interval.
+                self.failures += 1
+                self.on_error()
+                next_scan = 0.0
+                logger.error(
+                    "Polling %s failed (%d failures so far): %s; retrying in %.1fs",
+                    self.procfs.root, self.failures, error, self.interval,
+                )
+                stop.wait(self.interval)
 
     def scan(self, emit: Emit) -> None:
         started = time.monotonic()
@@ -192,9 +207,13 @@ class PollSource:
             if not fds:
                 stop.wait(step)
                 continue
-            readable, _, _ = select.select(list(fds), [], [], step)
+            # poll(), not select(): pidfds of a busy node pass select()'s fd limit of 1024.
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            ready = poller.poll(step * 1000)
             exited = time.monotonic()
-            for fd in readable:
+            for fd, _ in ready:
                 pid, start_ticks = fds[fd]
                 os.close(self._pidfds.pop((pid, start_ticks)))
                 emit(ProcessExited(time=exited, pid=pid, start_ticks=start_ticks))

@@ -255,6 +255,13 @@ class TracefsSource:
                 f"tracefs is not mounted at {' or '.join(candidates)} and mounting "
                 "is disabled. Mount tracefs there or allow mounting."
             )
+        # Mount only at the standard place: a path given by the user may be any
+        # directory, and a mount there would hide what it contains.
+        if candidates[0] != DEFAULT_ROOTS[0]:
+            raise SourceUnavailable(
+                f"{candidates[0]} is not a tracefs mount; the exporter mounts tracefs only "
+                f"at {DEFAULT_ROOTS[0]}, so mount it at {candidates[0]} or use the default path"
+            )
         _mount_tracefs(candidates[0])
         if not _is_tracefs(candidates[0]):
             raise SourceUnavailable(f"mounted tracefs at {candidates[0]} but it has no instances")
@@ -312,7 +319,10 @@ class TracefsSource:
 
 
 def _is_tracefs(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "instances"))
+    return all(
+        os.path.exists(os.path.join(path, name))
+        for name in ("instances", "trace_pipe", "available_events")
+    )
 
 
 def _mount_tracefs(path: str) -> None:
