@@ -137,7 +137,7 @@ class Exporter:
     def _make(self, name: str) -> Source:
         if name == "tracefs":
             return TracefsSource(tracing_root=self.config.tracefs or None)
-        return NetlinkSource(read_info=self.procfs.read_info)
+        return NetlinkSource(read_info=self.procfs.read_info, read_fork_info=self.procfs.read_fork_info)
 
     def active_sources(self) -> list[str]:
         names = [source.name for source in self.sources]

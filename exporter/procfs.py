@@ -298,6 +298,20 @@ class ProcFS:
         finally:
             os.close(dir_fd)
 
+    def read_fork_info(self, pid: int) -> ProcessInfo | None:
+        """Read only /proc/PID/stat: identity, parent and state of a just-forked child.
+
+        Until it execs, a child runs its parent's program, so its argv, uid and
+        namespaces are left empty here and filled in by the read at exec.
+        """
+        stat = self.read_stat(pid)
+        if stat is None:
+            return None
+        return ProcessInfo(
+            pid=pid, start_ticks=stat.start_ticks, ppid=stat.ppid, comm=stat.comm,
+            state=stat.state, threads=stat.num_threads,
+        )
+
     def scan(self) -> dict[int, ProcessInfo]:
         """Read every process. A process that exits during the scan is left out."""
         processes = {}

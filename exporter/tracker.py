@@ -42,6 +42,7 @@ from exporter.events import (
 )
 from exporter.killcmd import parse_kill_command
 from exporter.labels import TopologyLabels
+from exporter.procfs import CLOCK_TICKS_PER_SECOND
 from exporter.proctable import Key, Process, ProcessTable
 from exporter.storm import classify
 
@@ -53,6 +54,10 @@ DURATION_BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 7.5, 10.0,
     15.0, 20.0, 25.0, 30.0, 32.5, 35.0, 45.0, 60.0, 120.0, 300.0,
 )
+
+# A request seen from HotSpot's signal thread is known to one clock tick.
+COARSE_REQUEST = "jvm-signal-thread"
+COARSE_SECONDS = 1.0 / CLOCK_TICKS_PER_SECOND
 
 # How long exited keys are remembered; longer than any full scan takes.
 RECENT_EXIT_SECONDS = 10.0
@@ -164,7 +169,7 @@ class Tracker:
             case JvmSignalThreadSeen():
                 worker = self._worker_of_target(self.table.get(event.pid))
                 if worker is not None:
-                    self._request(worker, event.time, event.signal, "jvm-signal-thread")
+                    self._request(worker, event.time, event.signal, COARSE_REQUEST)
             case ScanCompleted():
                 self._reconcile(event)
             case EventsLost():
@@ -272,7 +277,7 @@ class Tracker:
             return
         if worker.exit_time is not None and time > worker.exit_time:
             return
-        if worker.request_time is None or time < worker.request_time:
+        if worker.request_time is None or self._earlier(worker, time, via):
             if worker.request_time is None:
                 logger.debug(
                     "Termination requested pid=%d topology=%r signal=%s via=%s",
@@ -281,6 +286,22 @@ class Tracker:
             worker.request_time = time
             worker.request_signal = signum
             worker.request_via = via
+
+    @staticmethod
+    def _earlier(worker: Worker, time: float, via: str) -> bool:
+        """Tell whether a request at ``time`` by ``via`` replaces the one recorded.
+
+        Signals and kill commands carry kernel timestamps. A JVM signal thread's
+        start time is only known to a clock tick, so it and an exact time within
+        one tick of it are taken as the same request, and the exact time is kept.
+        """
+        coarse_new = via == COARSE_REQUEST
+        coarse_old = worker.request_via == COARSE_REQUEST
+        if coarse_new and not coarse_old:
+            return time < worker.request_time - COARSE_SECONDS
+        if coarse_old and not coarse_new:
+            return time <= worker.request_time + COARSE_SECONDS
+        return time < worker.request_time
 
     def _signal(self, event: SignalGenerated) -> None:
         target = self.table.holder_at(event.pid, event.time)

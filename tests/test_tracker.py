@@ -434,3 +434,22 @@ def test_signal_to_exiting_child_counted():
     node.at(10.0).exit(202, signal.SIGTERM)
     node.at(10.002).signal(202, SIGTERM, sender=300)
     assert sum(v for k, v in node.tracker.signals.items() if k[:2] == (TOPOLOGY, "SIGTERM")) == 1
+
+
+def test_exact_request_beats_signal_thread():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.tracker.handle(JvmSignalThreadSeen(time=9.995, pid=201, signal=SIGTERM))
+    node.at(10.0).supervisor_kill(300, 201, SIGTERM)
+    node.tracker.handle(JvmSignalThreadSeen(time=9.994, pid=201, signal=SIGTERM))
+    node.at(10.5).exit(201, exit_code(143))
+    assert histogram(node.tracker, "graceful").total == pytest.approx(0.5)
+
+
+def test_signal_thread_much_earlier_wins():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).supervisor_kill(300, 201, SIGTERM)
+    node.tracker.handle(JvmSignalThreadSeen(time=9.5, pid=201, signal=SIGTERM))
+    node.at(10.5).exit(201, exit_code(143))
+    assert histogram(node.tracker, "graceful").total == pytest.approx(1.0)

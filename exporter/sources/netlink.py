@@ -242,7 +242,9 @@ class NetlinkSource:
     exec, before the next datagram is read, because a short-lived command such as
     ``kill`` can exit within a millisecond and its argv is gone after that.
     ``rcvbuf`` is the socket receive buffer in bytes; the kernel caps it at
-    ``net.core.rmem_max`` unless the process has CAP_NET_ADMIN.
+    ``net.core.rmem_max`` unless the process has CAP_NET_ADMIN. ``read_fork_info``,
+    when given, replaces ``read_info`` for forks: a child shows its parent's argv
+    until it execs, so a cheaper read can do.
     """
 
     name = "netlink"
@@ -251,8 +253,10 @@ class NetlinkSource:
         self,
         read_info: Callable[[int], ProcessInfo | None] | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
+        read_fork_info: Callable[[int], ProcessInfo | None] | None = None,
     ) -> None:
         self._read_info = read_info
+        self._read_fork_info = read_fork_info or read_info
         self._rcvbuf = rcvbuf
         self._sock: socket.socket | None = None
         self.malformed = 0  # undecodable parts of datagrams since open()
@@ -340,10 +344,11 @@ class NetlinkSource:
             if record.child_pid != record.child_tgid:
                 return None
             pid = record.child_tgid
-            return ProcessForked(_seconds(record), pid, record.parent_tgid, self._info(pid))
+            info = self._info(pid, self._read_fork_info)
+            return ProcessForked(_seconds(record), pid, record.parent_tgid, info)
         if isinstance(record, ExecRecord):
             pid = record.process_tgid
-            return ProcessExeced(_seconds(record), pid, self._info(pid))
+            return ProcessExeced(_seconds(record), pid, self._info(pid, self._read_info))
         if isinstance(record, ExitRecord):
             # NOTE: a leader thread that exits before the others (pthread_exit in
             # main) is reported here as the exit of its whole process.
@@ -354,11 +359,11 @@ class NetlinkSource:
             self._report_malformed(f"{record.reason} at byte {record.offset}")
         return None
 
-    def _info(self, pid: int) -> ProcessInfo | None:
-        if self._read_info is None:
+    def _info(self, pid: int, reader: Callable[[int], ProcessInfo | None] | None) -> ProcessInfo | None:
+        if reader is None:
             return None
         try:
-            return self._read_info(pid)
+            return reader(pid)
         except Exception:  # an injected reader must not stop the event stream
             self._log_read_info("Reading /proc for pid %d failed.", pid, exc_info=True)
             return None

@@ -26,7 +26,7 @@ from exporter.events import (
     ProcessForked,
     ScanCompleted,
 )
-from exporter.procfs import ProcFS, ticks_to_monotonic
+from exporter.procfs import CLOCK_TICKS_PER_SECOND, ProcFS, ticks_to_monotonic
 from exporter.sources.base import Emit
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ class PollSource:
             if task is None:
                 continue
             self._signal_seen.add((pid, signum))
-            seen = ticks_to_monotonic(task.start_ticks)
+            # The start time is truncated to a clock tick: take the middle of it.
+            seen = ticks_to_monotonic(task.start_ticks) + 0.5 / CLOCK_TICKS_PER_SECOND
             emit(JvmSignalThreadSeen(time=seen, pid=pid, signal=signum))
 
     def _wait(self, emit: Emit, stop: threading.Event, deadline: float) -> None:
