@@ -155,7 +155,7 @@ class ExporterProcess:
 
 
 class Churn:
-    """Keeps LIVE_TREES worker trees alive, replacing EXITS_PER_SECOND of them a second."""
+    """Worker trees kept at LIVE_TREES, of which EXITS_PER_SECOND a second are replaced."""
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload

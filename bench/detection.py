@@ -1,7 +1,8 @@
 """Exit-detection latency and shutdown-duration error of an in-process exporter, per source mode.
 
 The exporter under test is ``exporter.app.Exporter`` with its sources on their own
-threads, as ``python -m exporter`` runs them, but without the HTTP server. Its
+threads and the GIL switch interval that ``exporter.app.run()`` sets, as
+``python -m exporter`` runs them, but without the HTTP server. Its
 ``Tracker.handle`` is wrapped so that the moment the ProcessExited of a tracked
 worker has been applied is recorded with ``time.monotonic()``.
 
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 from exporter import outcome as oc
-from exporter.app import TICK_SECONDS, Exporter
+from exporter.app import GIL_SWITCH_SECONDS, TICK_SECONDS, Exporter
 from exporter.config import Config
 from exporter.events import Event, ProcessExited
 from exporter.tracker import Worker
@@ -80,6 +82,7 @@ class InProcessExporter:
         self._handle = self.tracker.handle
         self.tracker.handle = self._recording_handle
         self._ticker = threading.Thread(target=self._tick, name="bench-tick", daemon=True)
+        self._switch_interval = sys.getswitchinterval()
 
     def _recording_handle(self, event: Event) -> None:
         self._handle(event)
@@ -99,6 +102,7 @@ class InProcessExporter:
                 self.tracker.tick()
 
     def start(self, ready_timeout: float = 60.0) -> None:
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self.exporter.open_sources()
         self.exporter.start_sources()
         self._ticker.start()
@@ -110,6 +114,7 @@ class InProcessExporter:
         if self._ticker.is_alive():
             self._ticker.join(timeout=1)
         self.exporter.close_sources()
+        sys.setswitchinterval(self._switch_interval)
 
     def wait_tracked(self, pid: int, timeout: float) -> Worker | None:
         """Wait until the tracker has a worker episode for ``pid`` and return it."""
@@ -148,10 +153,10 @@ def measure_mode(name: str, workload: Workload, truth: KernelTimes, count: int) 
     started = time.monotonic()
     truth_lost = truth.lost
     instance = InProcessExporter(MODES[name])
-    instance.start()
     kills: list[Kill] = []
     untracked = 0
     try:
+        instance.start()
         untracked = _run_batches(instance, workload, truth, count, kills, name)
         instance.wait_outcomes([kill.worker for kill in kills], timeout=2.0)
         labels = {kill.worker.label for kill in kills}

@@ -60,7 +60,6 @@ class Tree:
     worker_pidfd: int
     topology: str
     worker_id: str
-    started: float  # time.monotonic() before the LogWriter was started
     request_time: float | None = None  # time.monotonic() before the termination request
     returncode: int | None = None
 
@@ -82,7 +81,6 @@ class Workload:
         argv = logwriter_argv(topology, worker_id, port)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "BENCH_SHUTDOWN_DELAY_MS": str(shutdown_delay_ms)}
-        started = time.monotonic()
         logwriter = subprocess.Popen(
             argv,
             executable=self.binary,
@@ -99,12 +97,12 @@ class Workload:
             raise WorkloadError(f"holder pid {logwriter.pid} reported no worker pid: {line!r}")
         worker_pid = int(line)
         pidfd = os.pidfd_open(worker_pid)
-        tree = Tree(logwriter, worker_pid, pidfd, topology, worker_id, started)
+        tree = Tree(logwriter, worker_pid, pidfd, topology, worker_id)
         self.trees.append(tree)
         return tree
 
     def request_termination(self, tree: Tree) -> None:
-        """Send SIGTERM to the worker with kill(2), as the time-critical path does."""
+        """Record ``time.monotonic()`` in ``request_time``, then send SIGTERM to the worker with kill(2)."""
         tree.request_time = time.monotonic()
         os.kill(tree.worker_pid, signal.SIGTERM)
 

@@ -45,6 +45,10 @@ Tracked = Callable[[], Iterable[tuple[int, int, bool]]]
 # "SIGTERM handler" thread is visible only while it runs.
 SIGNAL_THREAD_CHECK_SECONDS = 0.2
 
+# How long a thread's name is read again: HotSpot names a new thread as it starts
+# to run, a millisecond or so after its creation.
+NAMING_SECONDS = 1.0
+
 
 class PollSource:
     """Scan /proc on a timer; see the module docstring for ``quick`` mode.
@@ -80,6 +84,8 @@ class PollSource:
         self._young: dict[int, tuple[str, ...]] = {}
         self._pidfds: dict[tuple[int, int], int] = {}
         self._threads: dict[int, int] = {}
+        self._named: dict[int, set[int]] = {}  # pid -> tids whose name was read for good
+        self._unnamed: dict[int, dict[int, float]] = {}  # pid -> tid -> first read
         self._signal_seen: set[tuple[int, int]] = set()
         self.failures = 0
 
@@ -157,6 +163,8 @@ class PollSource:
             self._check_signal_threads(emit, pid)
         for pid in set(self._threads) - jvms:
             del self._threads[pid]
+            self._named.pop(pid, None)
+            self._unnamed.pop(pid, None)
         self._signal_seen = {seen for seen in self._signal_seen if seen[0] in jvms}
 
     def _open_pidfd(self, key: tuple[int, int]) -> None:
@@ -173,14 +181,34 @@ class PollSource:
         self._pidfds[key] = fd
 
     def _check_signal_threads(self, emit: Emit, pid: int) -> None:
+        """Read the names of a JVM's new threads, and again of those named too late.
+
+        A thread gets its name from itself shortly after it starts, so a thread
+        read before that is read again on later checks for NAMING_SECONDS.
+        """
         stat = self.procfs.read_stat(pid)
-        if stat is None or self._threads.get(pid) == stat.num_threads:
+        if stat is None:
+            return
+        unnamed = self._unnamed.setdefault(pid, {})
+        if self._threads.get(pid) == stat.num_threads and not unnamed:
             return
         self._threads[pid] = stat.num_threads
+        now = time.monotonic()
+        known = self._named.setdefault(pid, set())
         for tid in self.procfs.list_tasks(pid):
+            if tid in known:
+                continue
             comm = self.procfs.read_task_comm(pid, tid)
             signum = SIGNAL_THREADS.get(comm or "")
-            if signum is None or (pid, signum) in self._signal_seen:
+            if signum is None:
+                first_seen = unnamed.setdefault(tid, now)
+                if now - first_seen > NAMING_SECONDS:
+                    known.add(tid)
+                    del unnamed[tid]
+                continue
+            known.add(tid)
+            unnamed.pop(tid, None)
+            if (pid, signum) in self._signal_seen:
                 continue
             task = self.procfs.read_task_stat(pid, tid)
             if task is None:
