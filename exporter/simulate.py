@@ -45,6 +45,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from exporter.procfs import ProcFS, Stat
 from exporter.simrole import (
     StormLayout,
     WorkerSettings,
@@ -199,25 +200,9 @@ class ProcessIdentity:
     start_ticks: int  # /proc/PID/stat field 22, clock ticks after boot
 
 
-@dataclass(frozen=True)
-class ProcessStat:
-    state: str
-    ppid: int
-    start_ticks: int
-
-
-def read_stat(pid: int, procfs: str = "/proc") -> ProcessStat | None:
-    """Return state, parent pid and start time from /proc/PID/stat, or None when the process is gone."""
-    try:
-        with open(f"{procfs}/{pid}/stat", "rb") as file:
-            content = file.read()
-        # The comm field is in parentheses and may itself contain ") ".
-        fields = content[content.rindex(b")") + 2 :].split()
-        return ProcessStat(state=fields[0].decode(), ppid=int(fields[1]), start_ticks=int(fields[19]))
-    except OSError:
-        return None
-    except (ValueError, IndexError):
-        return None  # read while the process was being reaped
+def read_stat(pid: int, procfs: str = "/proc") -> Stat | None:
+    """Return /proc/PID/stat parsed, or None when the process is gone."""
+    return ProcFS(procfs).read_stat(pid)
 
 
 def process_alive(pid: int, procfs: str = "/proc") -> bool:
@@ -238,7 +223,7 @@ def identity_alive(identity: ProcessIdentity, procfs: str = "/proc") -> bool:
 
 
 def list_pids(procfs: str = "/proc") -> list[int]:
-    return [int(name) for name in os.listdir(procfs) if name.isdigit()]
+    return ProcFS(procfs).list_pids()
 
 
 def descendant_pids(root: int, procfs: str = "/proc") -> list[int]:
