@@ -100,15 +100,20 @@ def duration(exporter, tree, outcome: str) -> tuple[float | None, float | None]:
     )
 
 
-def test_graceful_worker(exporter, trees):
-    tree = trees.start("graceful", hook_secs=0.3)
-    wait_tracked(exporter, tree)
-    truth = tree.stop()
-    outcome = expected_outcome(exporter, "graceful")
+def assert_one_timed_exit(exporter, tree, truth, outcome: str) -> None:
+    """Wait for the worker's exit with ``outcome`` (as this mode sees it) and check its duration."""
+    outcome = expected_outcome(exporter, outcome)
     wait_exit(exporter, tree, outcome)
     total, count = duration(exporter, tree, outcome)
     assert count == 1
     assert_duration(exporter, total, truth)
+
+
+def test_graceful_worker(exporter, trees):
+    tree = trees.start("graceful", hook_secs=0.3)
+    wait_tracked(exporter, tree)
+    truth = tree.stop()
+    assert_one_timed_exit(exporter, tree, truth, "graceful")
     assert exporter.value("storm_worker_sigkill_escalations_total", topology=label(tree)) == 0
     if "tracefs" in exporter.mode:
         # The harness's kill commands, plus the worker's own SIGTERM to each
@@ -124,11 +129,7 @@ def test_watchdog_halt(exporter, trees):
     wait_tracked(exporter, tree)
     truth = tree.stop()
     assert truth.logwriter_returncode == 20
-    outcome = expected_outcome(exporter, "halted")
-    wait_exit(exporter, tree, outcome)
-    total, count = duration(exporter, tree, outcome)
-    assert count == 1
-    assert_duration(exporter, total, truth)
+    assert_one_timed_exit(exporter, tree, truth, "halted")
 
 
 def test_kill_inside_pid_namespace(exporter, trees):
@@ -136,11 +137,7 @@ def test_kill_inside_pid_namespace(exporter, trees):
     assert tree.namespace_pids[tree.worker_pid] != tree.worker_pid
     wait_tracked(exporter, tree)
     truth = tree.stop()
-    outcome = expected_outcome(exporter, "graceful")
-    wait_exit(exporter, tree, outcome)
-    total, count = duration(exporter, tree, outcome)
-    assert count == 1
-    assert_duration(exporter, total, truth)
+    assert_one_timed_exit(exporter, tree, truth, "graceful")
     if "netlink" in exporter.mode:
         commands = exporter.value("storm_worker_kill_commands_total", topology=label(tree), signal="SIGTERM")
         assert commands == 1
@@ -156,11 +153,7 @@ def test_ignored_sigterm_escalates(exporter, trees):
     truth = tree.stop()
     assert truth.logwriter_returncode == 137
     assert truth.sigkill_sent
-    outcome = expected_outcome(exporter, "sigkill")
-    wait_exit(exporter, tree, outcome)
-    total, count = duration(exporter, tree, outcome)
-    assert count == 1
-    assert_duration(exporter, total, truth)
+    assert_one_timed_exit(exporter, tree, truth, "sigkill")
     escalations = exporter.value("storm_worker_sigkill_escalations_total", topology=label(tree))
     assert escalations == (1 if kernel(exporter) else 0)
 
