@@ -182,6 +182,8 @@ def test_sighup_stops_cleanly():
 
 def test_stale_tracefs_instance_removed_at_start():
     require_root()
+    if not INSTANCES.is_dir():  # a new machine: nothing has mounted tracefs yet
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(INSTANCES.parent)], check=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale = instance_of(dead.pid)
