@@ -61,6 +61,7 @@ class Exporter:
             topology_retention=config.topology_retention,
             lookup=self.procfs.read_info,
             read_cwd=self.procfs.read_cwd,
+            read_cgroup=self.procfs.read_cgroup,
             host_pidns=self.procfs.read_pidns(1),
         )
         self.registry = CollectorRegistry()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -15,6 +15,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.cgroup import PodCgroup
 from exporter.labels import bound_length
 from exporter.outcome import OUTCOMES
 from exporter.tracker import DURATION_BUCKETS, Tracker
@@ -29,9 +30,17 @@ class StormCollector(Collector):
     update the tracker, so one scrape sees one consistent state.
     """
 
-    def __init__(self, tracker: Tracker, lock: threading.Lock, sources: Iterable[str] = ()):
+    def __init__(
+        self,
+        tracker: Tracker,
+        lock: threading.Lock,
+        sources: Iterable[str] = (),
+        resolve_pod: Callable[[PodCgroup], tuple[str, str, str]] | None = None,
+    ):
         self.tracker = tracker
         self.lock = lock
+        # Maps a worker's cgroup to (namespace, pod, container) names once pods are known.
+        self.resolve_pod = resolve_pod or (lambda cgroup: ("", "", ""))
         self.sources: list[str] = list(sources)
         self.source_errors: defaultdict[str, int] = defaultdict(int)
         self.event_errors = 0
@@ -78,14 +87,17 @@ class StormCollector(Collector):
             if worker.request_time is not None:
                 age = max(0.0, now - worker.request_time)
                 oldest[worker.label] = max(oldest.get(worker.label, 0.0), age)
+            namespace, pod, container = (
+                self.resolve_pod(worker.cgroup) if worker.cgroup is not None else ("", "", "")
+            )
             values = (
                 worker.label,
                 bound_length(worker.worker_id),
                 "" if worker.port is None else str(worker.port),
                 "" if worker.uid is None else str(worker.uid),
-                "",
-                "",
-                "",
+                namespace,
+                pod,
+                container,
             )
             # Workers whose argv lacks the ids would repeat a series: emit it once.
             if values not in seen_info:

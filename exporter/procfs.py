@@ -257,6 +257,11 @@ class ProcFS:
             self._log_unexpected(pid, f"{pid}/ns/pid", error)
             return None
 
+    def read_cgroup(self, pid: int) -> str | None:
+        """Return the text of /proc/PID/cgroup, or None when it is unreadable."""
+        data = self._read_path(pid, f"{pid}/cgroup")
+        return None if data is None else data.decode("utf-8", errors="replace")
+
     def read_cwd(self, pid: int) -> str | None:
         """Return the target of /proc/PID/cwd; reading another user's needs CAP_SYS_PTRACE."""
         try:

@@ -40,6 +40,7 @@ from exporter.events import (
     ScanCompleted,
     SignalGenerated,
 )
+from exporter.cgroup import PodCgroup, parse_cgroup_file
 from exporter.killcmd import parse_kill_command
 from exporter.labels import TopologyLabels
 from exporter.procfs import CLOCK_TICKS_PER_SECOND
@@ -91,6 +92,7 @@ class Worker:
     exit_status: int | None = None
     outcome: str | None = None
     leftovers: set[Key] | None = None  # None until the leftover grace has passed
+    cgroup: PodCgroup | None = None  # the pod and container the worker runs in
 
     @property
     def alive(self) -> bool:
@@ -122,6 +124,7 @@ class Tracker:
         topology_retention: float = 86400.0,
         lookup: Callable[[int], ProcessInfo | None] | None = None,
         read_cwd: Callable[[int], str | None] | None = None,
+        read_cgroup: Callable[[int], str | None] | None = None,
         host_pidns: int | None = None,
     ) -> None:
         self.clock = clock
@@ -129,6 +132,7 @@ class Tracker:
         self.settle = settle
         self.lookup = lookup or (lambda pid: None)
         self.read_cwd = read_cwd or (lambda pid: None)
+        self.read_cgroup = read_cgroup or (lambda pid: None)
         self.host_pidns = host_pidns
         self.table = ProcessTable()
         self.labels = TopologyLabels(topology_max, topology_retention)
@@ -216,6 +220,7 @@ class Tracker:
         process.worker = worker.key
         process.topology = topology
         worker.members.add(process.key)
+        worker.cgroup = parse_cgroup_file(self.read_cgroup(process.pid) or "")
         parent = self.table.parent_of(process)
         if parent is not None and parent.role == "logwriter" and parent.alive:
             worker.logwriter = parent.key

@@ -121,3 +121,27 @@ def test_workers_without_ids_share_one_info_series():
     lines = [line for line in text.splitlines() if line.startswith("storm_worker_info{")]
     assert len(lines) == 1
     assert sample(registry, "storm_workers", topology="same-1-1", state="running") == 3
+
+
+def test_worker_info_names_pod_from_cgroup():
+    pod_uid = "30cea2cf-1b80-4807-abad-d81453e199c5"
+    container_id = "a8077b08a56c0c6e33d6716557d882ac940cb09475c50372e22e84c40d0733f2"
+    cgroup = (
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
+        f"{pod_uid.replace('-', '_')}.slice/crio-{container_id}.scope\n"
+    )
+    node = Node(read_cgroup=lambda pid: cgroup if pid == 201 else None)
+    node.at(1.0).worker_tree()
+    worker = next(iter(node.tracker.workers.values()))
+    assert worker.cgroup.pod_uid == pod_uid
+    assert worker.cgroup.container_id == container_id
+    names = {(pod_uid, container_id): ("storm", "storm-supervisor-0", "supervisor")}
+    registry = CollectorRegistry()
+    registry.register(StormCollector(
+        node.tracker, threading.Lock(), resolve_pod=lambda c: names.get((c.pod_uid, c.container_id), ("", "", "")),
+    ))
+    info = {
+        "topology": "wordcount-3-1700000000", "worker_id": "8d3c2b1a-4f5e-4a6b-9c7d-0e1f2a3b4c5d",
+        "port": "6700", "uid": "1000", "namespace": "storm", "pod": "storm-supervisor-0", "container": "supervisor",
+    }
+    assert registry.get_sample_value("storm_worker_info", info) == 1
