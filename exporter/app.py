@@ -26,6 +26,7 @@ from exporter.config import Config
 from exporter.events import Event, ScanCompleted
 from exporter.http import build_app
 from exporter.kube import KubernetesUnavailable, kubernetes_mode
+from exporter.kubernetes import PodWatcher
 from exporter.procfs import ProcFS
 from exporter.sources.base import Source, SourceUnavailable
 from exporter.sources.netlink import NetlinkSource
@@ -78,6 +79,7 @@ class Exporter:
         self.sources: list[Source] = []
         self.poll: PollSource | None = None
         self.threads: list[threading.Thread] = []
+        self.kubernetes: PodWatcher | None = None
 
     # Events from source threads.
 
@@ -210,6 +212,23 @@ class Exporter:
             except OSError as error:
                 logger.warning("Closing source %s failed: %s", source.name, error)
 
+    def start_kubernetes(self) -> None:
+        """Start the pod watch, export its metrics and name workers' pods from it."""
+        watcher = PodWatcher(self.config)
+        try:
+            watcher.start()
+        except Exception as error:  # the client raises its own types for bad configs
+            raise StartupError(f"cannot start the pod watch: {error}; check --kubernetes.kubeconfig") from error
+        self.kubernetes = watcher
+        self.registry.register(watcher)
+        self.collector.resolve_pod = watcher.resolve
+
+    def is_ready(self) -> bool:
+        """Ready after the first full scan and, with the pod watch on, the first pod list."""
+        if not self.ready.is_set():
+            return False
+        return self.kubernetes is None or self.kubernetes.listed.is_set()
+
     # Main loop.
 
     async def serve(self) -> int:
@@ -246,6 +265,8 @@ class Exporter:
             logger.info("Kubernetes pod watch mode=%s", mode)
             self.open_sources()
             self.start_sources()
+            if mode != "off":
+                self.start_kubernetes()
             while not stopping.is_set():
                 with self.lock:
                     self.tracker.tick()
@@ -255,6 +276,8 @@ class Exporter:
                     pass
         finally:
             self.stop.set()
+            if self.kubernetes is not None:
+                await loop.run_in_executor(None, self.kubernetes.stop)
             await loop.run_in_executor(None, self.close_sources)
             await runner.cleanup()
             logger.info("Stopped")
@@ -264,7 +287,7 @@ class Exporter:
         app = build_app(
             registry=self.registry,
             telemetry_path=self.config.telemetry_path,
-            ready=self.ready.is_set,
+            ready=self.is_ready,
             describe_sources=lambda: ", ".join(self.active_sources()) or "none yet",
             version=__version__,
         )

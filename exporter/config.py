@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import re
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class Config:
     kubernetes: str = "auto"
     kubeconfig: str = ""
     node_name: str = ""
+    pod_selector: str = ""
     sources: tuple[str, ...] = ()  # empty: auto
     leftover_grace: float = 5.0
     poll_interval: float = 1.0
@@ -124,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kubernetes.kubeconfig", dest="kubeconfig", default=os.environ.get("KUBECONFIG", ""),
         help="kubeconfig file; empty uses the in-cluster service account (default $KUBECONFIG)")
     add("--kubernetes.node-name", dest="node_name", default=os.environ.get("NODE_NAME", ""),
-        help="name of this node, for the pod watch's field selector (default $NODE_NAME)")
+        help="name of this node, for the pod watch's field selector (default $NODE_NAME, "
+        "else the host name)")
+    add("--kubernetes.pod-selector", dest="pod_selector", default="", metavar="SELECTOR",
+        help="label selector narrowing the pod watch, applied by the API server (default none)")
     add("--events.source", dest="sources", type=parse_sources, default=(), metavar="SOURCES",
         help="auto, or a comma list of tracefs, netlink, poll (default auto: every one that works)")
     add("--leftover.grace", dest="leftover_grace", type=parse_duration, default=5.0, metavar="DURATION",
@@ -157,7 +162,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         tracefs=args.tracefs,
         kubernetes=args.kubernetes,
         kubeconfig=args.kubeconfig,
-        node_name=args.node_name,
+        node_name=args.node_name or socket.gethostname(),
+        pod_selector=args.pod_selector,
         sources=args.sources,
         leftover_grace=args.leftover_grace,
         poll_interval=args.poll_interval,

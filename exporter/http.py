@@ -48,7 +48,9 @@ def build_app(
     async def readyz(request: web.Request) -> web.Response:
         if ready():
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready: the first /proc scan has not finished\n")
+        return web.Response(
+            status=503, text="not ready: the first /proc scan or the first pod list has not finished\n"
+        )
 
     async def index(request: web.Request) -> web.Response:
         page = INDEX.format(version=version, sources=describe_sources(), metrics=telemetry_path)

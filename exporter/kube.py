@@ -26,7 +26,7 @@ def cluster_configured(config: Config) -> str:
 
 
 def kubernetes_mode(config: Config) -> str:
-    """Return "off" or the configuration the pod watch would use.
+    """Return "off", or how the pod watch reaches the cluster ("in-cluster", "kubeconfig").
 
     Raises KubernetesUnavailable for --kubernetes=on without a cluster.
     """
@@ -44,7 +44,4 @@ def kubernetes_mode(config: Config) -> str:
             "running without the pod watch"
         )
         return "off"
-    # TODO: the pod watch is not built yet; until it is, pod labels stay empty and
-    # pod deletions are not termination requests.
-    logger.warning("Kubernetes cluster found via %s, but this version has no pod watch yet", configured_by)
-    return "off"
+    return configured_by

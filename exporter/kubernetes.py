@@ -1,0 +1,93 @@
+"""The pod watch wired to the exporter: pod state, readiness, metrics and the pod join."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from exporter.cgroup import PodCgroup
+from exporter.config import Config
+from exporter.kubewatch import RESTART_REASONS, PodWatch
+from exporter.podtracker import PodTracker
+
+logger = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PodWatcher(Collector):
+    """A PodWatch feeding a PodTracker, exported as metric families.
+
+    ``listed`` is set after the first LIST, which /readyz waits for.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.pods = PodTracker(utc_now, config.node_name, utc_now())
+        self.listed = threading.Event()
+        self.watch = PodWatch(
+            self,
+            node=config.node_name,
+            kubeconfig=config.kubeconfig or None,
+            label_selector=config.pod_selector,
+        )
+
+    # PodConsumer, called on the watch thread.
+
+    def on_snapshot(self, pods: list[dict]) -> None:
+        self.pods.on_snapshot(pods)
+        if not self.listed.is_set():
+            logger.info("First pod list received node=%s pods=%d", self.watch.node, len(pods))
+            self.listed.set()
+
+    def on_event(self, kind: str, pod: dict) -> None:
+        self.pods.on_event(kind, pod)
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        self.watch.start()
+
+    def stop(self) -> None:
+        self.watch.stop()
+
+    # The process-to-pod join.
+
+    def resolve(self, cgroup: PodCgroup) -> tuple[str, str, str]:
+        """Return (namespace, pod, container) names for a worker's cgroup, "" when unknown."""
+        pod = self.pods.pod_of(cgroup.pod_uid)
+        if pod is None:
+            return "", "", ""
+        namespace, name = pod
+        container = ""
+        if cgroup.container_id is not None:
+            container = self.pods.container_name_of(cgroup.pod_uid, cgroup.container_id) or ""
+        return namespace, name, container
+
+    # Collector.
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        yield from self.pods.families()
+        up = GaugeMetricFamily(
+            "storm_termination_exporter_kubernetes_up", "1 while the pod watch is healthy."
+        )
+        up.add_metric([], 1 if self.watch.up else 0)
+        yield up
+        restarts = CounterMetricFamily(
+            "storm_termination_exporter_kubernetes_watch_restarts",
+            "Restarts of the pod watch: gone (410, re-listed), error, timeout (silent stream), "
+            "closed (the server ended the stream).",
+            labels=["reason"],
+        )
+        for reason in RESTART_REASONS:
+            restarts.add_metric([reason], self.watch.restarts.get(reason, 0))
+        yield restarts

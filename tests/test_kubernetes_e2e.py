@@ -1,0 +1,104 @@
+"""The exporter with the pod watch on, against the fake API server through a kubeconfig."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.kubeapi import FakeKubeAPI
+from tests.servers import REPO, ExporterProcess, free_port, http_get
+
+NODE = "node-a"
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def supervisor_pod(name: str, uid: str, node: str, *, deleted_ago: float | None, exit_code: int | None) -> dict:
+    """A StatefulSet pod of a Storm supervisor, as the API server returns it."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    metadata = {
+        "name": name, "namespace": "storm", "uid": uid, "resourceVersion": "1",
+        "labels": {"app": "storm-supervisor"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "storm-supervisor",
+                             "uid": "5b1c1c3e-0000-4000-8000-000000000001", "controller": True}],
+    }
+    container_id = "containerd://" + uid.replace("-", "") * 2
+    state = {"running": {"startedAt": rfc3339(now - timedelta(hours=1))}}
+    if deleted_ago is not None:
+        metadata["deletionTimestamp"] = rfc3339(now - timedelta(seconds=deleted_ago) + timedelta(seconds=30))
+        metadata["deletionGracePeriodSeconds"] = 30
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                "startedAt": rfc3339(now - timedelta(hours=1)), "finishedAt": rfc3339(now),
+                                "containerID": container_id}}
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 30,
+                 "containers": [{"name": "supervisor", "image": "storm:2.8.8"}]},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "supervisor", "containerID": container_id, "ready": exit_code is None,
+             "restartCount": 0, "image": "storm:2.8.8", "imageID": "", "state": state}]},
+    }
+
+
+@pytest.fixture
+def api():
+    server = FakeKubeAPI(bookmark_interval=0.2)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pod_metrics_through_kubeconfig(api, tmp_path):
+    api.upsert(supervisor_pod("storm-supervisor-0", "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", NODE,
+                              deleted_ago=None, exit_code=None))
+    api.upsert(supervisor_pod("storm-supervisor-9", "7a8b9c0d-1e2f-4a3b-9c4d-5e6f708192a3", "node-b",
+                              deleted_ago=2, exit_code=None))
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    flags = ["--events.source=poll", "--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}",
+             f"--kubernetes.node-name={NODE}"]
+    with ExporterProcess(*flags) as exporter:
+        exporter.wait_ready()
+        assert http_get(f"http://{exporter.address}/readyz")[0] == 200
+        assert exporter.wait_value("storm_termination_exporter_kubernetes_up", 1, 10.0) == 1
+        labels = {"namespace": "storm", "workload": "statefulset/storm-supervisor"}
+        assert exporter.value("storm_pods_terminating", **labels) == 0
+        assert exporter.value("storm_pod_grace_period_seconds", **labels) == 30
+
+        # The pod on node-b is filtered out by the API server, so only node-a's pod counts.
+        api.upsert(supervisor_pod("storm-supervisor-0", "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", NODE,
+                                  deleted_ago=3, exit_code=None))
+        assert exporter.wait_value("storm_pods_terminating", 1, 10.0, **labels) == 1
+        api.upsert(supervisor_pod("storm-supervisor-0", "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", NODE,
+                                  deleted_ago=3, exit_code=0))
+        exits = {**labels, "container": "supervisor", "outcome": "graceful"}
+        assert exporter.wait_value("storm_pod_container_exits_total", 1, 10.0, **exits) == 1
+        duration = exporter.value("storm_pod_container_shutdown_duration_seconds_sum",
+                                  **{**labels, "container": "supervisor", "outcome": "graceful"})
+        assert duration == pytest.approx(3, abs=1)
+        restarts = exporter.value("storm_termination_exporter_kubernetes_watch_restarts_total", reason="gone")
+        assert restarts == 0
+    queries = api.list_requests() + api.watch_requests()
+    assert queries
+    for query in queries:
+        assert query.get("fieldSelector") == f"spec.nodeName={NODE}"
+
+
+def test_bad_kubeconfig_exits_1(tmp_path):
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("not: [a, kubeconfig")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{free_port()}",
+         "--events.source=poll", "--kubernetes=on", f"--kubernetes.kubeconfig={broken}",
+         "--kubernetes.node-name=node-a"],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "cannot start the pod watch" in result.stderr
