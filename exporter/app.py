@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from datetime import datetime
 
 from aiohttp import web
 from prometheus_client import (
@@ -214,7 +215,7 @@ class Exporter:
 
     def start_kubernetes(self) -> None:
         """Start the pod watch, export its metrics and name workers' pods from it."""
-        watcher = PodWatcher(self.config)
+        watcher = PodWatcher(self.config, self._pod_terminating)
         try:
             watcher.start()
         except Exception as error:  # the client raises its own types for bad configs
@@ -222,6 +223,12 @@ class Exporter:
         self.kubernetes = watcher
         self.registry.register(watcher)
         self.collector.resolve_pod = watcher.resolve
+
+    def _pod_terminating(self, pod_uid: str, start: datetime) -> None:
+        """Make a pod's termination start the request of the workers running in it."""
+        monotonic = start.timestamp() - time.time() + time.monotonic()
+        with self.lock:
+            self.tracker.request_pod_termination(pod_uid, monotonic)
 
     def is_ready(self) -> bool:
         """Ready after the first full scan and, with the pod watch on, the first pod list."""

@@ -18,7 +18,7 @@ from exporter import __version__
 from exporter.cgroup import PodCgroup
 from exporter.labels import bound_length
 from exporter.outcome import OUTCOMES
-from exporter.tracker import DURATION_BUCKETS, Tracker
+from exporter.tracker import DURATION_BUCKETS, TRIGGERS, Tracker
 
 STATES = ("running", "terminating")
 
@@ -153,6 +153,15 @@ class StormCollector(Collector):
             "kill and worker-launcher commands aimed at a worker JVM or its LogWriter.",
             ["topology", "signal"],
             tracker.kill_commands,
+        )
+        requests = {(label, trigger): 0 for label in labels for trigger in TRIGGERS}
+        requests.update(tracker.termination_requests)
+        yield _counter(
+            "storm_worker_termination_requests",
+            "Requested worker terminations by where the request came from: the supervisor "
+            "(its kill commands or signals), the pod's deletion, or other senders.",
+            ["topology", "trigger"],
+            requests,
         )
         durations = HistogramMetricFamily(
             "storm_worker_shutdown_duration_seconds",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from exporter.cgroup import PodCgroup
 from exporter.config import Config
 from exporter.kubewatch import RESTART_REASONS, PodWatch
+from exporter.pods import termination_start
 from exporter.podtracker import PodTracker
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ class PodWatcher(Collector):
     ``listed`` is set after the first LIST, which /readyz waits for.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, on_termination: Callable[[str, datetime], None] = lambda uid, start: None
+    ) -> None:
         self.pods = PodTracker(utc_now, config.node_name, utc_now())
         self.listed = threading.Event()
+        self.on_termination = on_termination
+        self._terminating: set[str] = set()  # uids whose termination start was reported
         self.watch = PodWatch(
             self,
             node=config.node_name,
@@ -42,12 +47,28 @@ class PodWatcher(Collector):
 
     def on_snapshot(self, pods: list[dict]) -> None:
         self.pods.on_snapshot(pods)
+        for pod in pods:
+            self._report_termination(pod)
         if not self.listed.is_set():
             logger.info("First pod list received node=%s pods=%d", self.watch.node, len(pods))
             self.listed.set()
 
     def on_event(self, kind: str, pod: dict) -> None:
         self.pods.on_event(kind, pod)
+        self._report_termination(pod)
+
+    def _report_termination(self, pod: dict) -> None:
+        """Tell ``on_termination`` once per pod when its termination has started."""
+        uid = (pod.get("metadata") or {}).get("uid") if isinstance(pod, dict) else None
+        if not isinstance(uid, str) or uid in self._terminating:
+            return
+        start = termination_start(pod)
+        if start is None:
+            return
+        self._terminating.add(uid)
+        if len(self._terminating) > 100_000:
+            self._terminating.clear()
+        self.on_termination(uid, start)
 
     # Lifecycle.
 

@@ -56,9 +56,13 @@ DURATION_BUCKETS = (
     15.0, 20.0, 25.0, 30.0, 32.5, 35.0, 45.0, 60.0, 120.0, 300.0,
 )
 
-# A request seen from HotSpot's signal thread is known to one clock tick.
+# A request seen from HotSpot's signal thread is known to one clock tick, and a pod's
+# termination start to one second (API timestamps). An exact kernel-stamped request
+# within that precision of such a time is the same request and replaces it.
 COARSE_REQUEST = "jvm-signal-thread"
-COARSE_SECONDS = 1.0 / CLOCK_TICKS_PER_SECOND
+POD_DELETION = "pod_deletion"
+COARSE_REQUESTS = {COARSE_REQUEST: 1.0 / CLOCK_TICKS_PER_SECOND, POD_DELETION: 1.0}
+TRIGGERS = ("supervisor", POD_DELETION, "other")
 
 # How long exited keys are remembered; longer than any full scan takes.
 RECENT_EXIT_SECONDS = 10.0
@@ -87,6 +91,7 @@ class Worker:
     request_time: float | None = None
     request_signal: int | None = None
     request_via: str | None = None
+    request_trigger: str | None = None  # supervisor, pod_deletion or other
     sigkill_time: float | None = None
     exit_time: float | None = None
     exit_status: int | None = None
@@ -145,6 +150,7 @@ class Tracker:
         self.leftovers_detected: defaultdict[str, int] = defaultdict(int)
         self.signals: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.kill_commands: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.termination_requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.events_lost: defaultdict[str, int] = defaultdict(int)
         self.scans = 0
         self._reconciled: dict[int, tuple[Process, float]] = {}
@@ -277,7 +283,7 @@ class Tracker:
             return None
         return worker
 
-    def _request(self, worker: Worker, time: float, signum: int, via: str) -> None:
+    def _request(self, worker: Worker, time: float, signum: int, via: str, trigger: str = "other") -> None:
         if worker.outcome is not None:
             return
         if worker.exit_time is not None and time > worker.exit_time:
@@ -291,21 +297,22 @@ class Tracker:
             worker.request_time = time
             worker.request_signal = signum
             worker.request_via = via
+            worker.request_trigger = trigger
 
     @staticmethod
     def _earlier(worker: Worker, time: float, via: str) -> bool:
         """Tell whether a request at ``time`` by ``via`` replaces the one recorded.
 
-        Signals and kill commands carry kernel timestamps. A JVM signal thread's
-        start time is only known to a clock tick, so it and an exact time within
-        one tick of it are taken as the same request, and the exact time is kept.
+        Signals and kill commands carry kernel timestamps; the coarse requests of
+        COARSE_REQUESTS are known only to their precision, so an exact time within
+        that precision of one is the same request, and the exact time is kept.
         """
-        coarse_new = via == COARSE_REQUEST
-        coarse_old = worker.request_via == COARSE_REQUEST
-        if coarse_new and not coarse_old:
-            return time < worker.request_time - COARSE_SECONDS
-        if coarse_old and not coarse_new:
-            return time <= worker.request_time + COARSE_SECONDS
+        new_precision = COARSE_REQUESTS.get(via, 0.0)
+        old_precision = COARSE_REQUESTS.get(worker.request_via or "", 0.0)
+        if new_precision > old_precision:
+            return time < worker.request_time - new_precision
+        if old_precision > new_precision:
+            return time <= worker.request_time + old_precision
         return time < worker.request_time
 
     def _signal(self, event: SignalGenerated) -> None:
@@ -326,13 +333,14 @@ class Tracker:
         if worker is None:
             return
         user_sent = event.code != oc.SI_KERNEL
+        trigger = "supervisor" if sender == "supervisor" else "other"
         if event.signal == signal.SIGKILL:
             if target.key == worker.key and worker.sigkill_time is None:
                 worker.sigkill_time = event.time
             if user_sent:
-                self._request(worker, event.time, event.signal, "signal")
+                self._request(worker, event.time, event.signal, "signal", trigger)
         elif event.signal in oc.REQUEST_SIGNALS:
-            self._request(worker, event.time, event.signal, "signal")
+            self._request(worker, event.time, event.signal, "signal", trigger)
 
     def _classify_sender(self, event: SignalGenerated) -> str:
         """Map the sender of a signal onto the fixed set of ``sender`` label values.
@@ -385,7 +393,19 @@ class Tracker:
             if worker is None:
                 continue
             self.kill_commands[(worker.label, oc.signal_name(command.signal))] += 1
-            self._request(worker, time, command.signal, command.via)
+            parent = self._parent_or_lookup(process)
+            trigger = "supervisor" if parent is not None and parent.role == "supervisor" else "other"
+            self._request(worker, time, command.signal, command.via, trigger)
+
+    def request_pod_termination(self, pod_uid: str, start: float) -> None:
+        """Record a pod's termination start (monotonic seconds) as a request of its workers.
+
+        When the supervisor is the container's PID 1 and exits without stopping its
+        workers, the kernel SIGKILLs them; the pod deletion is then their request.
+        """
+        for worker in self.live_workers():
+            if worker.cgroup is not None and worker.cgroup.pod_uid == pod_uid:
+                self._request(worker, start, signal.SIGTERM, POD_DELETION, POD_DELETION)
 
     def _resolve_pid(self, command: Process, pid: int) -> Process | None:
         """Map a pid written in a command to a process of the host PID namespace.
@@ -518,6 +538,8 @@ class Tracker:
             self.durations[(worker.label, result)].observe(duration)
         if requested and result == oc.SIGKILL:
             self.escalations[worker.label] += 1
+        if requested:
+            self.termination_requests[(worker.label, worker.request_trigger or "other")] += 1
         self.labels.touch(worker.label, now)
         logger.info(
             "Worker exited pid=%d topology=%r worker_id=%s port=%s outcome=%s status=%s duration=%s",
@@ -548,7 +570,7 @@ class Tracker:
         self.labels.touch(worker.label, self.clock())
 
     def _drop_label(self, label: str) -> None:
-        for table in (self.exits, self.durations, self.signals, self.kill_commands):
+        for table in (self.exits, self.durations, self.signals, self.kill_commands, self.termination_requests):
             for key in [k for k in table if k[0] == label]:
                 del table[key]
         for table in (self.escalations, self.leftovers_detected):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_root
 from tests.kubeapi import FakeKubeAPI
+from tests.stormtree import StormTrees
 from tests.servers import REPO, ExporterProcess, free_port, http_get
 
 NODE = "node-a"
@@ -102,3 +109,103 @@ def test_bad_kubeconfig_exits_1(tmp_path):
     )
     assert result.returncode == 1
     assert "cannot start the pod watch" in result.stderr
+
+
+def test_worker_info_names_its_pod(api, tmp_path):
+    require_root()
+    pod_uid = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+    container_hex = uuid.uuid4().hex + uuid.uuid4().hex
+    pod = supervisor_pod("storm-supervisor-0", pod_uid, NODE, deleted_ago=None, exit_code=None)
+    pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
+    api.upsert(pod)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    flags = ["--events.source=tracefs,netlink", "--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}",
+             f"--kubernetes.node-name={NODE}"]
+    leaf = UNIFIED / "kubepods.slice" / "kubepods-burstable.slice" / (
+        f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice") / f"cri-containerd-{container_hex}.scope"
+    try:
+        with ExporterProcess(*flags) as exporter, StormTrees(shutdown_sleep=0.3) as trees:
+            exporter.wait_ready()
+            # Trees inherit this process's cgroup: enter the kubelet-shaped one to start one.
+            with inside_cgroup(leaf):
+                tree = trees.start("graceful", f"pod-join-1-{int(time.time())}")
+            info = {
+                "topology": tree.topology_id.decode(), "worker_id": tree.worker_id, "port": "6700",
+                "uid": str(os.getuid()), "namespace": "storm", "pod": "storm-supervisor-0",
+                "container": "supervisor",
+            }
+            assert exporter.wait_value("storm_worker_info", 1, 10.0, **info) == 1
+            tree.stop()
+    finally:
+        remove_tree(leaf)
+    assert not (UNIFIED / "kubepods.slice").exists()
+
+
+def test_pod_deletion_requests_namespace_killed_workers(api, tmp_path):
+    require_root()
+    pod_uid = "7a8b9c0d-1e2f-4a3b-9c4d-5e6f708192a3"
+    container_hex = uuid.uuid4().hex + uuid.uuid4().hex
+    pod = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=None, exit_code=None)
+    pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
+    api.upsert(pod)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    flags = ["--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}", f"--kubernetes.node-name={NODE}"]
+    leaf = UNIFIED / "kubepods.slice" / "kubepods-burstable.slice" / (
+        f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice") / f"cri-containerd-{container_hex}.scope"
+    try:
+        with ExporterProcess(*flags) as exporter, StormTrees(shutdown_sleep=0.3) as trees:
+            exporter.wait_ready()
+            with inside_cgroup(leaf):
+                namespace = trees.namespace()
+                tree = trees.start("graceful", f"pod-kill-1-{int(time.time())}", pid_namespace=namespace)
+            topology = tree.topology_id.decode()
+            assert exporter.wait_value("storm_workers", 1, 10.0, topology=topology, state="running") == 1
+            # The pod is deleted: the kubelet SIGTERMs the supervisor, PID 1 of the
+            # container, which exits without stopping its workers.
+            deleted = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=0, exit_code=None)
+            deleted["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
+            api.upsert(deleted)
+            labels = {"namespace": "storm", "workload": "statefulset/storm-supervisor"}
+            assert exporter.wait_value("storm_pods_terminating", 1, 10.0, **labels) == 1
+            assert namespace.signal_supervisor(signal.SIGTERM)
+            assert exporter.wait_value("storm_worker_exits_total", 1, 10.0, topology=topology, outcome="sigkill") == 1
+            requests = exporter.value("storm_worker_termination_requests_total", topology=topology,
+                                      trigger="pod_deletion")
+            assert requests == 1
+            assert exporter.value("storm_worker_sigkill_escalations_total", topology=topology) == 1
+            total = exporter.value("storm_worker_shutdown_duration_seconds_sum", topology=topology, outcome="sigkill")
+            assert 0 <= total < 3  # from a termination start known to the second
+    finally:
+        remove_tree(leaf)
+
+
+UNIFIED = Path("/sys/fs/cgroup/unified")
+
+
+class inside_cgroup:
+    """Move this process into a cgroup v2 directory (created) and back on exit."""
+
+    def __init__(self, leaf: Path) -> None:
+        self.leaf = leaf
+        self.original = None
+
+    def __enter__(self) -> None:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                self.original = UNIFIED / line[3:].lstrip("/")
+        self.leaf.mkdir(parents=True, exist_ok=True)
+        (self.leaf / "cgroup.procs").write_text(str(os.getpid()))
+
+    def __exit__(self, *exc) -> None:
+        (self.original / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def remove_tree(leaf: Path) -> None:
+    """Remove the kubelet-shaped directories, innermost first, once they are empty."""
+    for directory in [leaf, *leaf.parents]:
+        if directory == UNIFIED:
+            break
+        try:
+            directory.rmdir()
+        except OSError:
+            break

@@ -453,3 +453,29 @@ def test_signal_thread_much_earlier_wins():
     node.tracker.handle(JvmSignalThreadSeen(time=9.5, pid=201, signal=SIGTERM))
     node.at(10.5).exit(201, exit_code(143))
     assert histogram(node.tracker, "graceful").total == pytest.approx(1.0)
+
+
+def test_pod_deletion_is_request_of_its_workers():
+    cgroup = "0::/kubepods/burstable/pod0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6/" + "ab" * 32 + "\n"
+    node = Node(read_cgroup=lambda pid: cgroup if pid == 201 else None)
+    node.at(1.0).worker_tree()
+    node.tracker.request_pod_termination("0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", 10.0)
+    node.tracker.request_pod_termination("7a8b9c0d-1e2f-4a3b-9c4d-5e6f708192a3", 5.0)
+    node.at(11.0).signal(201, SIGKILL, sender=100, comm="java", code=0x80)
+    node.at(11.01).exit(201, signal.SIGKILL)
+    tracker = node.tracker
+    assert tracker.exits[(TOPOLOGY, "sigkill")] == 1
+    assert tracker.escalations[TOPOLOGY] == 1
+    assert histogram(tracker, "sigkill").total == pytest.approx(1.01)
+    assert tracker.termination_requests[(TOPOLOGY, "pod_deletion")] == 1
+
+
+def test_supervisor_kill_beats_rounded_pod_start():
+    cgroup = "0::/kubepods/burstable/pod0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6/" + "ab" * 32 + "\n"
+    node = Node(read_cgroup=lambda pid: cgroup if pid == 201 else None)
+    node.at(1.0).worker_tree()
+    node.tracker.request_pod_termination("0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", 9.4)
+    node.at(10.0).supervisor_kill(300, 201, SIGTERM)
+    node.at(10.5).exit(201, exit_code(143))
+    assert histogram(node.tracker, "graceful").total == pytest.approx(0.5)
+    assert node.tracker.termination_requests[(TOPOLOGY, "supervisor")] == 1
