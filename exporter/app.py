@@ -215,7 +215,7 @@ class Exporter:
 
     def start_kubernetes(self) -> None:
         """Start the pod watch, export its metrics and name workers' pods from it."""
-        watcher = PodWatcher(self.config, self._pod_terminating)
+        watcher = PodWatcher(self.config, self._pod_terminating, self.tracker.container_exits)
         try:
             watcher.start()
         except Exception as error:  # the client raises its own types for bad configs

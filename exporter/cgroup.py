@@ -13,7 +13,9 @@ container. The id matches ``containerStatuses[].containerID`` less its
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
+from datetime import datetime
 
 _POD_SYSTEMD = re.compile(
     r"kubepods(?:-(?P<qos>burstable|besteffort))?-pod(?P<uid>[0-9a-f]{8}(?:_[0-9a-f]{4}){3}_[0-9a-f]{12})\.slice$"
@@ -96,3 +98,27 @@ def container_id_of(status_id: str) -> tuple[str, str] | None:
     if not separator or not identifier:
         return None
     return runtime, identifier
+
+
+class ContainerExits:
+    """Exit times and statuses of containers' main processes, as the kernel reported them.
+
+    The process tracker writes, the pod tracker reads on the watch thread; the
+    lock is this object's own, so neither side ever holds the other's lock.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._exits: dict[str, tuple[datetime, int | None]] = {}
+
+    def record(self, container_id: str, when: datetime, status: int | None) -> None:
+        with self._lock:
+            if len(self._exits) >= self.MAX_ENTRIES:
+                self._exits.clear()
+            self._exits[container_id] = (when, status)
+
+    def get(self, container_id: str) -> tuple[datetime, int | None] | None:
+        with self._lock:
+            return self._exits.get(container_id)

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.cgroup import PodCgroup
+from exporter.cgroup import ContainerExits, PodCgroup
 from exporter.config import Config
 from exporter.kubewatch import RESTART_REASONS, PodWatch
 from exporter.pods import termination_start
@@ -30,9 +30,15 @@ class PodWatcher(Collector):
     """
 
     def __init__(
-        self, config: Config, on_termination: Callable[[str, datetime], None] = lambda uid, start: None
+        self,
+        config: Config,
+        on_termination: Callable[[str, datetime], None] = lambda uid, start: None,
+        container_exits: ContainerExits | None = None,
     ) -> None:
-        self.pods = PodTracker(utc_now, config.node_name, utc_now())
+        self.pods = PodTracker(
+            utc_now, config.node_name, utc_now(),
+            kernel_exits=container_exits.get if container_exits is not None else None,
+        )
         self.listed = threading.Event()
         self.on_termination = on_termination
         self._terminating: set[str] = set()  # uids whose termination start was reported

@@ -27,6 +27,8 @@ from exporter.tracker import DURATION_BUCKETS, Histogram
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_SECONDS = 24 * 3600.0
+# A kernel exit time this close to finishedAt (whole seconds) is the same exit.
+KERNEL_MATCH_SECONDS = 2.0
 DEFAULT_MAX_WORKLOADS = 200
 OVERDUE_CAUSES = (
     pods.OVERDUE_FINALIZERS,
@@ -72,8 +74,11 @@ class PodTracker:
         *,
         retention: float = DEFAULT_RETENTION_SECONDS,
         max_workloads: int = DEFAULT_MAX_WORKLOADS,
+        kernel_exits: Callable[[str], tuple[datetime, int | None] | None] | None = None,
     ) -> None:
         self.clock = clock
+        # Kernel-reported exits of containers' main processes, by container id.
+        self.kernel_exits = kernel_exits
         self.node = node
         self.started_at = started_at
         self.retention = retention
@@ -198,10 +203,11 @@ class PodTracker:
                 continue
             container = bound_length(exit_.name)
             self.exits[(namespace, workload, container, exit_.outcome)] += 1
-            if exit_.duration is not None:
-                self.durations[(namespace, workload, container, exit_.outcome)].observe(
-                    exit_.duration
-                )
+            duration = self._kernel_duration(exit_, state)
+            if duration is None:
+                duration = exit_.duration
+            if duration is not None:
+                self.durations[(namespace, workload, container, exit_.outcome)].observe(duration)
             if exit_.escalation:
                 self.escalations[(namespace, workload, container)] += 1
             logger.info(
@@ -210,6 +216,22 @@ class PodTracker:
                 state.namespace, state.name, exit_.name, exit_.outcome, exit_.exit_code,
                 "unknown" if exit_.duration is None else f"{exit_.duration:.3f}s",
             )
+
+    def _kernel_duration(self, exit_: pods.ContainerExit, state: PodState) -> float | None:
+        """Return the duration to the kernel's exit of the container's main process.
+
+        The kernel's time replaces finishedAt, which has whole seconds, when it lies
+        within KERNEL_MATCH_SECONDS of it, so both describe the same exit.
+        """
+        if self.kernel_exits is None or exit_.container_id is None or state.start is None:
+            return None
+        seen = self.kernel_exits(exit_.container_id)
+        if seen is None or exit_.finished_at is None:
+            return None
+        when, _ = seen
+        if abs((when - exit_.finished_at).total_seconds()) > KERNEL_MATCH_SECONDS:
+            return None
+        return max(0.0, (when - state.start).total_seconds())
 
     def _after_start(self, exit_: pods.ContainerExit, state: PodState) -> bool:
         # API timestamps have whole seconds, so an exit in the exporter's first

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from datetime import datetime, timedelta, timezone
 import re
 import urllib.parse
 import signal
@@ -40,7 +41,7 @@ from exporter.events import (
     ScanCompleted,
     SignalGenerated,
 )
-from exporter.cgroup import PodCgroup, parse_cgroup_file
+from exporter.cgroup import ContainerExits, PodCgroup, parse_cgroup_file
 from exporter.killcmd import parse_kill_command
 from exporter.labels import TopologyLabels
 from exporter.procfs import CLOCK_TICKS_PER_SECOND
@@ -131,6 +132,7 @@ class Tracker:
         read_cwd: Callable[[int], str | None] | None = None,
         read_cgroup: Callable[[int], str | None] | None = None,
         host_pidns: int | None = None,
+        container_exits: ContainerExits | None = None,
     ) -> None:
         self.clock = clock
         self.leftover_grace = leftover_grace
@@ -138,6 +140,8 @@ class Tracker:
         self.lookup = lookup or (lambda pid: None)
         self.read_cwd = read_cwd or (lambda pid: None)
         self.read_cgroup = read_cgroup or (lambda pid: None)
+        self.container_exits = container_exits or ContainerExits()
+        self._container_inits: dict[Key, str] = {}  # init process -> its container id
         self.host_pidns = host_pidns
         self.table = ProcessTable()
         self.labels = TopologyLabels(topology_max, topology_retention)
@@ -190,7 +194,15 @@ class Tracker:
         if replaced is not None:
             self._process_exit(replaced, time, None)
         self._attach(process)
+        if len(info.nspid) > 1 and info.nspid[-1] == 1 and process.key not in self._container_inits:
+            self._note_container_init(process)
         return process
+
+    def _note_container_init(self, process: Process) -> None:
+        """Remember the container whose main process (pid 1 of its namespace) this is."""
+        cgroup = parse_cgroup_file(self.read_cgroup(process.pid) or "")
+        if cgroup is not None and cgroup.container_id is not None:
+            self._container_inits[process.key] = cgroup.container_id
 
     def _attach(self, process: Process) -> None:
         """Give a process its worker tree: a new worker, or its parent's tree."""
@@ -264,6 +276,10 @@ class Tracker:
 
     def _process_exit(self, process: Process, time: float, status: int | None) -> None:
         self.table.mark_exited(process, time, status)
+        container_id = self._container_inits.pop(process.key, None)
+        if container_id is not None and status is not None:
+            wall = datetime.now(timezone.utc) - timedelta(seconds=self.clock() - time)
+            self.container_exits.record(container_id, wall, status)
         worker = self.workers.get(process.key)
         if worker is not None:
             worker.exit_time = time

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.kubeapi import FakeKubeAPI
-from tests.stormtree import StormTrees
+from tests.stormtree import StormTrees, wait_gone
 from tests.servers import REPO, ExporterProcess, free_port, http_get
 
 NODE = "node-a"
@@ -175,6 +175,26 @@ def test_pod_deletion_requests_namespace_killed_workers(api, tmp_path):
             assert exporter.value("storm_worker_sigkill_escalations_total", topology=topology) == 1
             total = exporter.value("storm_worker_shutdown_duration_seconds_sum", topology=topology, outcome="sigkill")
             assert 0 <= total < 3  # from a termination start known to the second
+
+            # The container's status arrives with whole-second timestamps; the duration
+            # uses the kernel's exit time of its main process, the supervisor, instead.
+            assert wait_gone([namespace.init_pid], timeout=5.0) == []
+            exited = datetime.now(timezone.utc)
+            start = datetime.strptime(deleted["metadata"]["deletionTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=timezone.utc) - timedelta(seconds=30)
+            finished = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=0, exit_code=143)
+            finished["metadata"]["deletionTimestamp"] = deleted["metadata"]["deletionTimestamp"]
+            finished["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
+            finished["status"]["containerStatuses"][0]["state"]["terminated"]["containerID"] = (
+                f"containerd://{container_hex}")
+            api.upsert(finished)
+            container = {**labels, "container": "supervisor", "outcome": "graceful"}
+            assert exporter.wait_value("storm_pod_container_exits_total", 1, 10.0, **container) == 1
+            seconds = exporter.value("storm_pod_container_shutdown_duration_seconds_sum", **container)
+            # The kernel saw the exit before this test did, and API seconds would give a whole number.
+            assert seconds <= (exited - start).total_seconds()
+            assert seconds >= (exited - start).total_seconds() - 0.5
+            assert seconds != round(seconds)
     finally:
         remove_tree(leaf)
 

@@ -406,3 +406,30 @@ def test_unknown_exit_without_times_counted():
     tracker.on_event("DELETED", copy.deepcopy(pod))
     assert exits(tracker, "unknown") == 1
     assert escalations(tracker) == 0
+
+
+def test_kernel_exit_time_replaces_whole_seconds():
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    kernel = {"ab" * 32: (start + timedelta(seconds=3.42), 143 << 8)}
+    tracker = PodTracker(lambda: start + timedelta(seconds=10), "node-a", start - timedelta(hours=1),
+                         kernel_exits=kernel.get)
+    tracker.on_snapshot([])
+    pod = _kernel_pod(start, "ab" * 32, finished=start + timedelta(seconds=3))
+    tracker.on_event("MODIFIED", pod)
+    (histogram,) = tracker.durations.values()
+    assert histogram.total == pytest.approx(3.42)
+
+
+def _kernel_pod(start, container_hex, finished):
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "metadata": {"uid": "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", "name": "storm-supervisor-0",
+                     "namespace": "storm", "deletionTimestamp": (start + timedelta(seconds=30)).strftime(stamp),
+                     "deletionGracePeriodSeconds": 30,
+                     "ownerReferences": [{"kind": "StatefulSet", "name": "storm-supervisor", "controller": True}]},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "supervisor"}]},
+        "status": {"containerStatuses": [{
+            "name": "supervisor", "containerID": f"containerd://{container_hex}",
+            "state": {"terminated": {"exitCode": 143, "reason": "Error", "finishedAt": finished.strftime(stamp),
+                                     "containerID": f"containerd://{container_hex}"}}}]},
+    }

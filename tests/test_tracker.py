@@ -479,3 +479,17 @@ def test_supervisor_kill_beats_rounded_pod_start():
     node.at(10.5).exit(201, exit_code(143))
     assert histogram(node.tracker, "graceful").total == pytest.approx(0.5)
     assert node.tracker.termination_requests[(TOPOLOGY, "supervisor")] == 1
+
+
+def test_container_init_exit_is_recorded():
+    container_id = "cd" * 32
+    cgroup = f"0::/kubepods/burstable/pod0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6/{container_id}\n"
+    node = Node(read_cgroup=lambda pid: cgroup if pid == 500 else None)
+    node.at(1.0).spawn(500, 1, ["/usr/bin/tini", "--", "storm", "supervisor"], nspid=(500, 1))
+    node.at(2.0).spawn(501, 1, ["sleep", "1"], nspid=(501, 4))
+    node.at(5.0).exit(500, exit_code(143))
+    node.exit(501, 0)
+    seen = node.tracker.container_exits.get(container_id)
+    assert seen is not None
+    assert seen[1] == exit_code(143)
+    assert node.tracker.container_exits.get("ab" * 32) is None
