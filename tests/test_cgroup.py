@@ -103,10 +103,23 @@ def kubelet_layouts(pod_uid: str, container_id: str) -> list[tuple[str, PodCgrou
             f"/sys/fs/cgroup/memory/kubepods.slice/kubepods-pod{systemd_uid}.slice/crio-{container_id}.scope",
             PodCgroup(pod_uid, "guaranteed", container_id, "cri-o"),
         ),
+        (
+            f"/sys/fs/cgroup/unified/kubepods.slice/kubepods-besteffort.slice/"
+            f"kubepods-besteffort-pod{systemd_uid}.slice/docker-{container_id}.scope",
+            PodCgroup(pod_uid, "besteffort", container_id, "docker"),
+        ),
+        (
+            f"/sys/fs/cgroup/unified/kubepods/burstable/pod{pod_uid}/crio-{container_id}",
+            PodCgroup(pod_uid, "burstable", container_id, "cri-o"),
+        ),
+        (
+            f"/sys/fs/cgroup/cpu/kubepods/pod{pod_uid}/{container_id}",
+            PodCgroup(pod_uid, "guaranteed", container_id, None),
+        ),
     ]
 
 
-@pytest.mark.parametrize("layout", range(3))
+@pytest.mark.parametrize("layout", range(6))
 def test_real_process_in_kubelet_cgroup(layout):
     require_root()
     pod_uid = str(uuid.uuid4())

@@ -92,6 +92,14 @@ def test_pod_metrics_through_kubeconfig(api, tmp_path):
         assert duration == pytest.approx(3, abs=1)
         restarts = exporter.value("storm_termination_exporter_kubernetes_watch_restarts_total", reason="gone")
         assert restarts == 0
+
+        # History compacted away: the watch gets 410, lists again, and counts nothing twice.
+        api.compact()
+        gone = exporter.wait_value("storm_termination_exporter_kubernetes_watch_restarts_total", 1, 10.0,
+                                   reason="gone")
+        assert gone == 1
+        assert exporter.wait_value("storm_termination_exporter_kubernetes_up", 1, 10.0) == 1
+        assert exporter.value("storm_pod_container_exits_total", **exits) == 1
     queries = api.list_requests() + api.watch_requests()
     assert queries
     for query in queries:
