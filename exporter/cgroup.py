@@ -31,7 +31,7 @@ RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 
 @dataclass(frozen=True, slots=True)
 class PodCgroup:
-    """Where a process sits in the kubelet's cgroup tree."""
+    """The pod and container of a process, from the kubelet's cgroup tree."""
 
     pod_uid: str
     qos: str  # "guaranteed", "burstable" or "besteffort"
