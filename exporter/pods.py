@@ -8,7 +8,7 @@ list instead of raising. Times are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -331,6 +331,20 @@ def _terminated_exit(
         duration=duration,
         escalation=escalation,
         from_last_state=from_last_state,
+    )
+
+
+def with_kernel_exit(exit_: ContainerExit, duration: float, status: int | None, grace: int | None) -> ContainerExit:
+    """Return ``exit_`` with the duration, and the exit code from the wait ``status``,
+    that the kernel reported for the container's main process."""
+    exit_code = exit_.exit_code
+    if status is not None:
+        exit_code = (status >> 8) & 0xFF if status & 0x7F == 0 else 128 + (status & 0x7F)
+    outcome = _classify(exit_code, exit_.reason, False)
+    limit = (grace if grace is not None else DEFAULT_GRACE_SECONDS) - ESCALATION_TOLERANCE_SECONDS
+    return replace(
+        exit_, exit_code=exit_code, outcome=outcome, duration=duration,
+        escalation=outcome == SIGKILL and duration >= limit,
     )
 
 

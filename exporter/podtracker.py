@@ -201,13 +201,11 @@ class PodTracker:
             state.counted.add(exit_key)
             if not self._after_start(exit_, state):
                 continue
+            exit_ = self._with_kernel_exit(exit_, state)
             container = bound_length(exit_.name)
             self.exits[(namespace, workload, container, exit_.outcome)] += 1
-            duration = self._kernel_duration(exit_, state)
-            if duration is None:
-                duration = exit_.duration
-            if duration is not None:
-                self.durations[(namespace, workload, container, exit_.outcome)].observe(duration)
+            if exit_.duration is not None:
+                self.durations[(namespace, workload, container, exit_.outcome)].observe(exit_.duration)
             if exit_.escalation:
                 self.escalations[(namespace, workload, container)] += 1
             logger.info(
@@ -217,21 +215,23 @@ class PodTracker:
                 "unknown" if exit_.duration is None else f"{exit_.duration:.3f}s",
             )
 
-    def _kernel_duration(self, exit_: pods.ContainerExit, state: PodState) -> float | None:
-        """Return the duration to the kernel's exit of the container's main process.
+    def _with_kernel_exit(self, exit_: pods.ContainerExit, state: PodState) -> pods.ContainerExit:
+        """Take the kernel's exit time and status of the container's main process.
 
-        The kernel's time replaces finishedAt, which has whole seconds, when it lies
-        within KERNEL_MATCH_SECONDS of it, so both describe the same exit.
+        They replace finishedAt, which has whole seconds, and the reported exit
+        code when the kernel's time lies within KERNEL_MATCH_SECONDS of finishedAt,
+        so both describe the same exit.
         """
         if self.kernel_exits is None or exit_.container_id is None or state.start is None:
-            return None
+            return exit_
         seen = self.kernel_exits(exit_.container_id)
         if seen is None or exit_.finished_at is None:
-            return None
-        when, _ = seen
+            return exit_
+        when, status = seen
         if abs((when - exit_.finished_at).total_seconds()) > KERNEL_MATCH_SECONDS:
-            return None
-        return max(0.0, (when - state.start).total_seconds())
+            return exit_
+        duration = max(0.0, (when - state.start).total_seconds())
+        return pods.with_kernel_exit(exit_, duration, status, state.grace)
 
     def _after_start(self, exit_: pods.ContainerExit, state: PodState) -> bool:
         # API timestamps have whole seconds, so an exit in the exporter's first

@@ -433,3 +433,17 @@ def _kernel_pod(start, container_hex, finished):
             "state": {"terminated": {"exitCode": 143, "reason": "Error", "finishedAt": finished.strftime(stamp),
                                      "containerID": f"containerd://{container_hex}"}}}]},
     }
+
+
+def test_kernel_status_decides_outcome():
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    kernel = {"ef" * 32: (start + timedelta(seconds=29.6), 9)}  # killed by SIGKILL
+    tracker = PodTracker(lambda: start + timedelta(seconds=40), "node-a", start - timedelta(hours=1),
+                         kernel_exits=kernel.get)
+    pod = _kernel_pod(start, "ef" * 32, finished=start + timedelta(seconds=30))
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 137
+    tracker.on_event("MODIFIED", pod)
+    key = ("storm", "statefulset/storm-supervisor", "supervisor", "sigkill")
+    assert tracker.exits[key] == 1
+    assert tracker.durations[key].total == pytest.approx(29.6)
+    assert tracker.escalations[("storm", "statefulset/storm-supervisor", "supervisor")] == 1
