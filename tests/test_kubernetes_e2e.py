@@ -25,7 +25,10 @@ def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def supervisor_pod(name: str, uid: str, node: str, *, deleted_ago: float | None, exit_code: int | None) -> dict:
+def supervisor_pod(
+    name: str, uid: str, node: str, *, deleted_ago: float | None, exit_code: int | None,
+    container_hex: str | None = None,
+) -> dict:
     """A StatefulSet pod of a Storm supervisor, as the API server returns it."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     metadata = {
@@ -34,7 +37,7 @@ def supervisor_pod(name: str, uid: str, node: str, *, deleted_ago: float | None,
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "storm-supervisor",
                              "uid": "5b1c1c3e-0000-4000-8000-000000000001", "controller": True}],
     }
-    container_id = "containerd://" + uid.replace("-", "") * 2
+    container_id = "containerd://" + (container_hex or uid.replace("-", "") * 2)
     state = {"running": {"startedAt": rfc3339(now - timedelta(hours=1))}}
     if deleted_ago is not None:
         metadata["deletionTimestamp"] = rfc3339(now - timedelta(seconds=deleted_ago) + timedelta(seconds=30))
@@ -68,9 +71,7 @@ def test_pod_metrics_through_kubeconfig(api, tmp_path):
                               deleted_ago=None, exit_code=None))
     api.upsert(supervisor_pod("storm-supervisor-9", "7a8b9c0d-1e2f-4a3b-9c4d-5e6f708192a3", "node-b",
                               deleted_ago=2, exit_code=None))
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    flags = ["--events.source=poll", "--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}",
-             f"--kubernetes.node-name={NODE}"]
+    flags = ["--events.source=poll", *watch_flags(api, tmp_path)]
     with ExporterProcess(*flags) as exporter:
         exporter.wait_ready()
         assert http_get(f"http://{exporter.address}/readyz")[0] == 200
@@ -123,14 +124,10 @@ def test_worker_info_names_its_pod(api, tmp_path):
     require_root()
     pod_uid = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
     container_hex = uuid.uuid4().hex + uuid.uuid4().hex
-    pod = supervisor_pod("storm-supervisor-0", pod_uid, NODE, deleted_ago=None, exit_code=None)
-    pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
-    api.upsert(pod)
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    flags = ["--events.source=tracefs,netlink", "--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}",
-             f"--kubernetes.node-name={NODE}"]
-    leaf = UNIFIED / "kubepods.slice" / "kubepods-burstable.slice" / (
-        f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice") / f"cri-containerd-{container_hex}.scope"
+    api.upsert(supervisor_pod("storm-supervisor-0", pod_uid, NODE, deleted_ago=None, exit_code=None,
+                              container_hex=container_hex))
+    flags = ["--events.source=tracefs,netlink", *watch_flags(api, tmp_path)]
+    leaf = kubelet_leaf(pod_uid, container_hex)
     try:
         with ExporterProcess(*flags) as exporter, StormTrees(shutdown_sleep=0.3) as trees:
             exporter.wait_ready()
@@ -153,13 +150,10 @@ def test_pod_deletion_requests_namespace_killed_workers(api, tmp_path):
     require_root()
     pod_uid = "7a8b9c0d-1e2f-4a3b-9c4d-5e6f708192a3"
     container_hex = uuid.uuid4().hex + uuid.uuid4().hex
-    pod = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=None, exit_code=None)
-    pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
-    api.upsert(pod)
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    flags = ["--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}", f"--kubernetes.node-name={NODE}"]
-    leaf = UNIFIED / "kubepods.slice" / "kubepods-burstable.slice" / (
-        f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice") / f"cri-containerd-{container_hex}.scope"
+    api.upsert(supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=None, exit_code=None,
+                              container_hex=container_hex))
+    flags = watch_flags(api, tmp_path)
+    leaf = kubelet_leaf(pod_uid, container_hex)
     try:
         with ExporterProcess(*flags) as exporter, StormTrees(shutdown_sleep=0.3) as trees:
             exporter.wait_ready()
@@ -170,8 +164,8 @@ def test_pod_deletion_requests_namespace_killed_workers(api, tmp_path):
             assert exporter.wait_value("storm_workers", 1, 10.0, topology=topology, state="running") == 1
             # The pod is deleted: the kubelet SIGTERMs the supervisor, PID 1 of the
             # container, which exits without stopping its workers.
-            deleted = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=0, exit_code=None)
-            deleted["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
+            deleted = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=0, exit_code=None,
+                                     container_hex=container_hex)
             api.upsert(deleted)
             labels = {"namespace": "storm", "workload": "statefulset/storm-supervisor"}
             assert exporter.wait_value("storm_pods_terminating", 1, 10.0, **labels) == 1
@@ -190,11 +184,9 @@ def test_pod_deletion_requests_namespace_killed_workers(api, tmp_path):
             exited = datetime.now(timezone.utc)
             start = datetime.strptime(deleted["metadata"]["deletionTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(
                 tzinfo=timezone.utc) - timedelta(seconds=30)
-            finished = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=0, exit_code=143)
+            finished = supervisor_pod("storm-supervisor-1", pod_uid, NODE, deleted_ago=0, exit_code=143,
+                                      container_hex=container_hex)
             finished["metadata"]["deletionTimestamp"] = deleted["metadata"]["deletionTimestamp"]
-            finished["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container_hex}"
-            finished["status"]["containerStatuses"][0]["state"]["terminated"]["containerID"] = (
-                f"containerd://{container_hex}")
             api.upsert(finished)
             container = {**labels, "container": "supervisor", "outcome": "graceful"}
             assert exporter.wait_value("storm_pod_container_exits_total", 1, 10.0, **container) == 1
@@ -208,6 +200,17 @@ def test_pod_deletion_requests_namespace_killed_workers(api, tmp_path):
 
 
 UNIFIED = Path("/sys/fs/cgroup/unified")
+
+
+def kubelet_leaf(pod_uid: str, container_hex: str) -> Path:
+    """The cgroup v2 directory the kubelet's systemd driver gives a containerd container."""
+    pod_slice = f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
+    return UNIFIED / "kubepods.slice" / "kubepods-burstable.slice" / pod_slice / f"cri-containerd-{container_hex}.scope"
+
+
+def watch_flags(api: FakeKubeAPI, tmp_path: Path) -> list[str]:
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    return ["--kubernetes=on", f"--kubernetes.kubeconfig={kubeconfig}", f"--kubernetes.node-name={NODE}"]
 
 
 class inside_cgroup:
