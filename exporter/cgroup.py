@@ -103,8 +103,8 @@ def container_id_of(status_id: str) -> tuple[str, str] | None:
 class ContainerExits:
     """Exit times and statuses of containers' main processes, as the kernel reported them.
 
-    The process tracker writes, the pod tracker reads on the watch thread; the
-    lock is this object's own, so neither side ever holds the other's lock.
+    The process tracker writes and the pod tracker reads on the watch thread. The
+    lock is this object's own, so neither side waits on the other's lock.
     """
 
     MAX_ENTRIES = 10_000

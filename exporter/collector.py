@@ -27,7 +27,7 @@ class StormCollector(Collector):
     """Yield the storm_worker_* families and the exporter's own state.
 
     Everything is read under ``lock``, the lock the sources hold while they
-    update the tracker, so one scrape sees one consistent state.
+    update the tracker, so one scrape reads one consistent state.
     """
 
     def __init__(

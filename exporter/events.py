@@ -65,7 +65,7 @@ class ProcessExited:
     time: float
     pid: int
     status: int | None = None
-    start_ticks: int | None = None  # identity, when the source knows it
+    start_ticks: int | None = None  # identity, when the source has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ class ScanCompleted:
 
 @dataclass(frozen=True, slots=True)
 class EventsLost:
-    """A source knows that it lost events (netlink ENOBUFS, trace buffer overrun)."""
+    """A source found that it lost events (netlink ENOBUFS, trace buffer overrun)."""
 
     time: float
     source: str

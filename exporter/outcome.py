@@ -56,8 +56,8 @@ def classify_exit(
 ) -> str:
     """Return the outcome of a worker exit.
 
-    ``sigkill_seen`` tells that a SIGKILL was generated for the worker before it
-    exited, and ``signals_visible`` that a source would have shown one: with no
+    ``sigkill_seen`` is true when a SIGKILL was generated for the worker before it
+    exited, and ``signals_visible`` when a source would have shown one. With no
     exit status, those two decide between ``sigkill`` and ``graceful``.
     """
     if status is None:

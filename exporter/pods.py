@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from exporter.outcome import signal_name
+from exporter.outcome import signal_name, split_status
 
 GRACEFUL = "graceful"
 SIGKILL = "sigkill"
@@ -339,7 +339,9 @@ def with_kernel_exit(exit_: ContainerExit, duration: float, status: int | None, 
     that the kernel reported for the container's main process."""
     exit_code = exit_.exit_code
     if status is not None:
-        exit_code = (status >> 8) & 0xFF if status & 0x7F == 0 else 128 + (status & 0x7F)
+        code, killed_by = split_status(status)
+        # Runtimes report a signal death as 128 + the signal, as shells do.
+        exit_code = code if killed_by is None else 128 + killed_by
     outcome = _classify(exit_code, exit_.reason, False)
     limit = (grace if grace is not None else DEFAULT_GRACE_SECONDS) - ESCALATION_TOLERANCE_SECONDS
     return replace(

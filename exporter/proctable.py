@@ -4,13 +4,13 @@ A pid alone is not an identity: the kernel reuses pids, and a process that
 appears under a recycled pid must never inherit the history of the process that
 had it before. Each entry therefore carries the start time from
 /proc/PID/stat field 22, and the table maps a pid to the one live entry that
-holds it now. Parent links are kept as keys, so the tree of a worker is known
+has it now. Parent links are kept as keys, so the tree of a worker is known
 even after its members are reparented to a subreaper or to PID 1.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from exporter.events import ProcessInfo
 from exporter.storm import StormProcess, classify
@@ -44,7 +44,6 @@ class Process:
     cwd_checked: bool = False  # looked for a Storm multilang working directory
     exit_time: float | None = None
     exit_status: int | None = None
-    children: set[Key] = field(default_factory=set)
 
     @property
     def key(self) -> Key:
@@ -111,7 +110,6 @@ class ProcessTable:
         parent = self.by_pid.get(info.ppid)
         if parent is not None:
             process.parent = parent.key
-            parent.children.add(process.key)
         self._classify(process, info.argv)
         self.by_pid[info.pid] = process
         self.by_key[process.key] = process
@@ -177,9 +175,6 @@ class ProcessTable:
         if process is None or process.alive:
             return
         del self.by_key[key]
-        parent = self.by_key.get(process.parent) if process.parent else None
-        if parent is not None:
-            parent.children.discard(key)
 
     def parent_of(self, process: Process) -> Process | None:
         if process.parent is not None:

@@ -101,7 +101,7 @@ def duration(exporter, tree, outcome: str) -> tuple[float | None, float | None]:
 
 
 def assert_one_timed_exit(exporter, tree, truth, outcome: str) -> None:
-    """Wait for the worker's exit with ``outcome`` (as this mode sees it) and check its duration."""
+    """Wait for the worker's exit with ``outcome`` (as this mode reports it) and check its duration."""
     outcome = expected_outcome(exporter, outcome)
     wait_exit(exporter, tree, outcome)
     total, count = duration(exporter, tree, outcome)

@@ -1,4 +1,4 @@
-"""What every event source provides to the exporter."""
+"""The interface every event source provides to the exporter."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ Emit = Callable[[Event], None]
 
 
 class SourceUnavailable(Exception):
-    """The source cannot run here; the message says why, for the start-up log line."""
+    """The source cannot run here; the message gives the reason, for the start-up log line."""
 
 
 class Source(Protocol):

@@ -397,7 +397,7 @@ def _raise_thread_priority() -> None:
         os.sched_setscheduler(thread_id, os.SCHED_RR, os.sched_param(READER_RT_PRIORITY))
         return
     except OSError as error:
-        log.debug("SCHED_RR refused for netlink reader thread %d: %s", thread_id, error.strerror)
+        log.debug("Setting SCHED_RR failed for netlink reader thread %d: %s", thread_id, error.strerror)
     try:
         os.setpriority(os.PRIO_PROCESS, thread_id, READER_NICE)
     except OSError as error:

@@ -150,10 +150,10 @@ class PollSource:
         self._open_pidfds()
 
     def _open_pidfds(self) -> None:
-        wanted = {(pid, start_ticks) for pid, start_ticks, _ in self.tracked()}
-        for key in wanted - set(self._pidfds):
+        tracked = {(pid, start_ticks) for pid, start_ticks, _ in self.tracked()}
+        for key in tracked - set(self._pidfds):
             self._open_pidfd(key)
-        for key in set(self._pidfds) - wanted:
+        for key in set(self._pidfds) - tracked:
             os.close(self._pidfds.pop(key))
 
     def check_jvms(self, emit: Emit) -> None:
