@@ -21,6 +21,7 @@ from exporter.outcome import OUTCOMES
 from exporter.tracker import DURATION_BUCKETS, TRIGGERS, Tracker
 
 STATES = ("running", "terminating")
+UNRESOLVED = ("", "", "", "")
 
 
 class StormCollector(Collector):
@@ -35,12 +36,12 @@ class StormCollector(Collector):
         tracker: Tracker,
         lock: threading.Lock,
         sources: Iterable[str] = (),
-        resolve_pod: Callable[[PodCgroup], tuple[str, str, str]] | None = None,
+        resolve_pod: Callable[[PodCgroup], tuple[str, str, str, str]] | None = None,
     ):
         self.tracker = tracker
         self.lock = lock
-        # Maps a worker's cgroup to (namespace, pod, container) names once pods are known.
-        self.resolve_pod = resolve_pod or (lambda cgroup: ("", "", ""))
+        # Maps a worker's cgroup to (namespace, pod, container, workload) once pods are known.
+        self.resolve_pod = resolve_pod or (lambda cgroup: UNRESOLVED)
         self.sources: list[str] = list(sources)
         self.source_errors: defaultdict[str, int] = defaultdict(int)
         self.event_errors = 0
@@ -62,9 +63,9 @@ class StormCollector(Collector):
         )
         info = GaugeMetricFamily(
             "storm_worker_info",
-            "One series per live worker JVM; namespace, pod and container are empty "
-            "until the worker's pod is known.",
-            labels=["topology", "worker_id", "port", "uid", "namespace", "pod", "container"],
+            "One series per live worker JVM; namespace, pod, container and workload are "
+            "empty until the worker's pod is known.",
+            labels=["topology", "worker_id", "port", "uid", "namespace", "pod", "container", "workload"],
         )
         pending = GaugeMetricFamily(
             "storm_worker_termination_pending_seconds",
@@ -87,8 +88,8 @@ class StormCollector(Collector):
             if worker.request_time is not None:
                 age = max(0.0, now - worker.request_time)
                 oldest[worker.label] = max(oldest.get(worker.label, 0.0), age)
-            namespace, pod, container = (
-                self.resolve_pod(worker.cgroup) if worker.cgroup is not None else ("", "", "")
+            namespace, pod, container, workload = (
+                self.resolve_pod(worker.cgroup) if worker.cgroup is not None else UNRESOLVED
             )
             values = (
                 worker.label,
@@ -98,6 +99,7 @@ class StormCollector(Collector):
                 namespace,
                 pod,
                 container,
+                workload,
             )
             # Workers whose argv lacks the ids would repeat a series: emit it once.
             if values not in seen_info:

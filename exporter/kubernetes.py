@@ -86,16 +86,19 @@ class PodWatcher(Collector):
 
     # The process-to-pod join.
 
-    def resolve(self, cgroup: PodCgroup) -> tuple[str, str, str]:
-        """Return (namespace, pod, container) names for a worker's cgroup, "" when unknown."""
+    def resolve(self, cgroup: PodCgroup) -> tuple[str, str, str, str]:
+        """Return (namespace, pod, container, workload) for a worker's cgroup, "" when unknown.
+
+        The workload is the value of the storm_pod_* series' workload label.
+        """
         pod = self.pods.pod_of(cgroup.pod_uid)
         if pod is None:
-            return "", "", ""
-        namespace, name = pod
+            return "", "", "", ""
+        namespace, name, workload = pod
         container = ""
         if cgroup.container_id is not None:
             container = self.pods.container_name_of(cgroup.pod_uid, cgroup.container_id) or ""
-        return namespace, name, container
+        return namespace, name, container, workload
 
     # Collector.
 

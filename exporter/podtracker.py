@@ -131,11 +131,11 @@ class PodTracker:
             state = self.pods.get(pod_uid)
             return None if state is None else state.start
 
-    def pod_of(self, pod_uid: str) -> tuple[str, str] | None:
-        """Return (namespace, name) of a live pod, or None."""
+    def pod_of(self, pod_uid: str) -> tuple[str, str, str] | None:
+        """Return (namespace, name, workload label value) of a live pod, or None."""
         with self.lock:
             state = self.pods.get(pod_uid)
-            return None if state is None else (state.namespace, state.name)
+            return None if state is None else (state.namespace, state.name, state.key[1])
 
     def container_name_of(self, pod_uid: str, container_id: str) -> str | None:
         """Return the name of a live pod's container from its id without the runtime prefix."""

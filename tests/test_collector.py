@@ -61,7 +61,7 @@ def test_pending_and_info_for_live_worker():
     assert sample(registry, "storm_worker_termination_pending_seconds", topology=topology) == 2.5
     info = {
         "topology": topology, "worker_id": "8d3c2b1a-4f5e-4a6b-9c7d-0e1f2a3b4c5d", "port": "6700",
-        "uid": "1000", "namespace": "", "pod": "", "container": "",
+        "uid": "1000", "namespace": "", "pod": "", "container": "", "workload": "",
     }
     assert sample(registry, "storm_worker_info", **info) == 1
 
@@ -135,13 +135,14 @@ def test_worker_info_names_pod_from_cgroup():
     worker = next(iter(node.tracker.workers.values()))
     assert worker.cgroup.pod_uid == pod_uid
     assert worker.cgroup.container_id == container_id
-    names = {(pod_uid, container_id): ("storm", "storm-supervisor-0", "supervisor")}
+    names = {(pod_uid, container_id): ("storm", "storm-supervisor-0", "supervisor", "statefulset/storm-supervisor")}
     registry = CollectorRegistry()
     registry.register(StormCollector(
-        node.tracker, threading.Lock(), resolve_pod=lambda c: names.get((c.pod_uid, c.container_id), ("", "", "")),
+        node.tracker, threading.Lock(), resolve_pod=lambda c: names.get((c.pod_uid, c.container_id), ("", "", "", "")),
     ))
     info = {
         "topology": "wordcount-3-1700000000", "worker_id": "8d3c2b1a-4f5e-4a6b-9c7d-0e1f2a3b4c5d",
         "port": "6700", "uid": "1000", "namespace": "storm", "pod": "storm-supervisor-0", "container": "supervisor",
+        "workload": "statefulset/storm-supervisor",
     }
     assert registry.get_sample_value("storm_worker_info", info) == 1

@@ -137,7 +137,7 @@ def test_worker_info_names_its_pod(api, tmp_path):
             info = {
                 "topology": tree.topology_id.decode(), "worker_id": tree.worker_id, "port": "6700",
                 "uid": str(os.getuid()), "namespace": "storm", "pod": "storm-supervisor-0",
-                "container": "supervisor",
+                "container": "supervisor", "workload": "statefulset/storm-supervisor",
             }
             assert exporter.wait_value("storm_worker_info", 1, 10.0, **info) == 1
             tree.stop()

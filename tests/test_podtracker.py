@@ -240,7 +240,7 @@ def test_init_sidecar_counted_by_name():
     assert tracker.container_name_of(UID, "s1") == "log-shipper"
     assert tracker.container_name_of(UID, "c1") == "worker"
     assert tracker.container_name_of(UID, "containerd://c1") is None
-    assert tracker.pod_of(UID) == ("storm", "storm-worker-7d9f8b6c5-abcde")
+    assert tracker.pod_of(UID) == ("storm", "storm-worker-7d9f8b6c5-abcde", "deployment/storm-worker")
 
 
 def test_workload_labels_by_owner():
@@ -324,7 +324,7 @@ def test_retention_expires_deleted_pod_series():
     replacement = make_pod(uid=NEW_UID, name="storm-worker-7d9f8b6c5-abcde")
     tracker.on_event("ADDED", replacement)
     assert exits(tracker, "graceful") == 0
-    assert tracker.pod_of(NEW_UID) == ("storm", "storm-worker-7d9f8b6c5-abcde")
+    assert tracker.pod_of(NEW_UID) == ("storm", "storm-worker-7d9f8b6c5-abcde", "deployment/storm-worker")
     assert tracker.pod_of(UID) is None
 
 
