@@ -14,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -111,29 +112,55 @@ class ExporterProcess:
 
 
 class Prometheus:
-    """Debian's prometheus on 127.0.0.1, scraping targets every second."""
+    """Debian's prometheus on 127.0.0.1, scraping targets every second.
 
-    def __init__(self, targets: list[str], scrape_interval: str = "1s") -> None:
+    ``target_labels`` are attached to every scraped series, as a ServiceMonitor's
+    relabeling attaches ``node``; ``rule_files`` are loaded and evaluated every
+    ``evaluation_interval``, and firing alerts go to ``alertmanager`` (host:port).
+    """
+
+    def __init__(
+        self,
+        targets: list[str],
+        scrape_interval: str = "1s",
+        *,
+        job: str = "storm-termination-exporter",
+        target_labels: dict[str, str] | None = None,
+        rule_files: Sequence[str] = (),
+        evaluation_interval: str | None = None,
+        alertmanager: str | None = None,
+    ) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed; `make test` installs the Debian package")
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="prometheus-")
-        config = Path(self.directory, "prometheus.yml")
-        config.write_text(
-            "global:\n"
-            f"  scrape_interval: {scrape_interval}\n"
-            f"  evaluation_interval: {scrape_interval}\n"
-            "scrape_configs:\n"
-            "  - job_name: storm-termination-exporter\n"
-            f"    static_configs:\n      - targets: {json.dumps(targets)}\n"
-        )
+        config = {
+            "global": {
+                "scrape_interval": scrape_interval,
+                "evaluation_interval": evaluation_interval or scrape_interval,
+            },
+            "rule_files": [str(Path(path).resolve()) for path in rule_files],
+            "scrape_configs": [{
+                "job_name": job,
+                "static_configs": [{"targets": list(targets), "labels": dict(target_labels or {})}],
+            }],
+        }
+        if alertmanager is not None:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        # JSON is valid YAML, so the config needs no YAML writer.
+        path = Path(self.directory, "prometheus.yml")
+        path.write_text(json.dumps(config, indent=2))
         self.log = open(Path(self.directory, "prometheus.log"), "wb")
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.directory}/data",
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={self.directory}/data",
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
