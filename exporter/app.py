@@ -24,6 +24,9 @@ from prometheus_client import (
 from exporter import __version__
 from exporter.collector import StormCollector
 from exporter.config import Config
+from exporter.diagmetrics import DiagnosticsCollector
+from exporter.diagnostics import Diagnoser, take_snapshot
+from exporter.diagreport import to_json
 from exporter.events import Event, ScanCompleted
 from exporter.http import build_app
 from exporter.kube import KubernetesUnavailable, kubernetes_mode
@@ -69,6 +72,9 @@ class Exporter:
         self.registry = CollectorRegistry()
         self.collector = StormCollector(self.tracker, self.lock)
         self.registry.register(self.collector)
+        self.diagnoser = Diagnoser(self.procfs)
+        self.diagnostics = DiagnosticsCollector()
+        self.registry.register(self.diagnostics)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.scan_duration = Histogram(
@@ -174,6 +180,32 @@ class Exporter:
             thread.start()
             self.threads.append(thread)
 
+    def start_diagnostics(self) -> None:
+        thread = threading.Thread(target=self._run_diagnostics, name="diagnostics", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _run_diagnostics(self) -> None:
+        """Diagnose the live workers every --diagnostics.interval, from the first scan on."""
+        while not self.ready.wait(0.1):
+            if self.stop.is_set():
+                return
+        while not self.stop.is_set():
+            self.diagnose_once()
+            self.stop.wait(self.config.diagnostics_interval)
+
+    def diagnose_once(self) -> None:
+        """Replace the exported diagnosis; a failure keeps the previous one and is logged."""
+        try:
+            with self.lock:
+                snapshot = take_snapshot(self.tracker)
+            self.diagnostics.latest = self.diagnoser.diagnose(snapshot)
+        except Exception:
+            logger.exception("Diagnosing the workers failed; the previous diagnosis stays exported")
+
+    def debug_workers(self) -> dict:
+        return to_json(self.diagnostics.latest, time.monotonic(), self.diagnostics.resolve_pod)
+
     def _run_source(self, source: Source) -> None:
         try:
             source.run(self.emit, self.stop)
@@ -223,6 +255,8 @@ class Exporter:
         self.kubernetes = watcher
         self.registry.register(watcher)
         self.collector.resolve_pod = watcher.resolve
+        self.diagnostics.resolve_pod = watcher.resolve
+        self.diagnoser.pre_stop = watcher.has_pre_stop
 
     def _pod_terminating(self, pod_uid: str, start: datetime) -> None:
         """Make a pod's termination start the request of the workers running in it."""
@@ -272,6 +306,7 @@ class Exporter:
             logger.info("Kubernetes pod watch mode=%s", mode)
             self.open_sources()
             self.start_sources()
+            self.start_diagnostics()
             if mode != "off":
                 self.start_kubernetes()
             while not stopping.is_set():
@@ -297,6 +332,7 @@ class Exporter:
             ready=self.is_ready,
             describe_sources=lambda: ", ".join(self.active_sources()) or "none yet",
             version=__version__,
+            debug_workers=self.debug_workers,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

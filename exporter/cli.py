@@ -13,6 +13,11 @@ def main(argv: list[str] | None = None) -> int:
         from exporter import simulate
 
         return simulate.main(argv[1:])
+    if argv and argv[0] == "diagnose":
+        from exporter import diagreport
+
+        logs.setup("warning", "logfmt")
+        return diagreport.main(argv[1:])
     from exporter import app
     from exporter.config import parse_args
 

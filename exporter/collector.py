@@ -156,6 +156,15 @@ class StormCollector(Collector):
             ["topology", "signal"],
             tracker.kill_commands,
         )
+        failures = {(label, name): 0 for label in labels for name in ("SIGTERM", "SIGKILL")}
+        failures.update(tracker.kill_failures)
+        yield _counter(
+            "storm_worker_kill_failures",
+            "kill and worker-launcher commands aimed at a worker JVM or its LogWriter that "
+            "exited non-zero, so the signal was not sent (netlink).",
+            ["topology", "signal"],
+            failures,
+        )
         requests = {(label, trigger): 0 for label in labels for trigger in TRIGGERS}
         requests.update(tracker.termination_requests)
         yield _counter(

@@ -37,6 +37,9 @@ class Config:
     # A full scan reconciles lost kernel events; 30 s keeps a 2,000-process node
     # at a fraction of a percent of one core (one scan takes about 70 ms there).
     scan_interval: float = 30.0
+    # Each diagnosis round reads a few /proc files per worker process and the
+    # socket tables of the network namespaces with leftovers.
+    diagnostics_interval: float = 15.0
     topology_max: int = 200
     # A topology idle this long loses its series: a day keeps yesterday's
     # episodes queryable as counters while a node's series stay bounded.
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="/proc poll interval when the proc connector is not in use (default 1s)")
     add("--scan.interval", dest="scan_interval", type=_positive_duration, default=30.0, metavar="DURATION",
         help="interval of the full /proc scan that recovers lost events (default 30s)")
+    add("--diagnostics.interval", dest="diagnostics_interval", type=_positive_duration, default=15.0,
+        metavar="DURATION", help="interval of the diagnosis of live workers: SIGTERM dispositions, "
+        "users, permissions, container inits and ports (default 15s)")
     add("--topology.max", dest="topology_max", type=_positive_int, default=200, metavar="N",
         help="topologies exported by name; later ones share topology=\"_other\" (default 200)")
     add("--topology.retention", dest="topology_retention", type=_positive_duration, default=86400.0,
@@ -168,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         leftover_grace=args.leftover_grace,
         poll_interval=args.poll_interval,
         scan_interval=args.scan_interval,
+        diagnostics_interval=args.diagnostics_interval,
         topology_max=args.topology_max,
         topology_retention=args.topology_retention,
         log_level=args.log_level,

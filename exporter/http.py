@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 from typing import Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ INDEX = """<!doctype html>
 <li><a href="{metrics}">Metrics</a></li>
 <li><a href="/healthz">Health</a></li>
 <li><a href="/readyz">Readiness</a></li>
+<li><a href="/debug/workers">Workers and their diagnosis (JSON)</a></li>
 </ul></body></html>
 """
 
@@ -29,6 +31,7 @@ def build_app(
     ready: Callable[[], bool],
     describe_sources: Callable[[], str],
     version: str,
+    debug_workers: Callable[[], dict] | None = None,
 ) -> web.Application:
     """Return the aiohttp application serving the exporter's endpoints."""
 
@@ -56,10 +59,15 @@ def build_app(
         page = INDEX.format(version=version, sources=describe_sources(), metrics=telemetry_path)
         return web.Response(text=page, content_type="text/html")
 
+    async def workers(request: web.Request) -> web.Response:
+        document = debug_workers() if debug_workers is not None else {"workers": []}
+        return web.json_response(document, dumps=lambda value: json.dumps(value, indent=2))
+
     app = web.Application()
     app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/debug/workers", workers)
     app.router.add_get("/", index)
     return app
 

@@ -100,6 +100,12 @@ class PodWatcher(Collector):
             container = self.pods.container_name_of(cgroup.pod_uid, cgroup.container_id) or ""
         return namespace, name, container, workload
 
+    def has_pre_stop(self, cgroup: PodCgroup) -> bool | None:
+        """Return whether the worker's container has a preStop hook, None when unknown."""
+        if cgroup.container_id is None:
+            return None
+        return self.pods.has_pre_stop(cgroup.pod_uid, cgroup.container_id)
+
     # Collector.
 
     def describe(self) -> list:

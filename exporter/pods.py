@@ -187,6 +187,19 @@ def workload(pod: Any) -> str:
     return f"{kind}/{name}"
 
 
+def has_pre_stop(pod: Any, container: str) -> bool | None:
+    """Return whether the named container of the pod spec has a lifecycle.preStop hook.
+
+    None when the spec has no container of that name. The kubelet runs the hook
+    before it sends the container's PID 1 SIGTERM.
+    """
+    for spec in _list(_dict(_dict(pod).get("spec")).get("containers")):
+        spec = _dict(spec)
+        if _text(spec.get("name")) == container:
+            return bool(_dict(_dict(spec.get("lifecycle")).get("preStop")))
+    return None
+
+
 def container_exits(
     pod: Any, start: datetime | None, *, grace: int | None = None
 ) -> list[ContainerExit]:

@@ -137,6 +137,17 @@ class PodTracker:
             state = self.pods.get(pod_uid)
             return None if state is None else (state.namespace, state.name, state.key[1])
 
+    def has_pre_stop(self, pod_uid: str, container_id: str) -> bool | None:
+        """Return whether a live pod's container has a lifecycle.preStop hook, None when unknown."""
+        name = self.container_name_of(pod_uid, container_id)
+        if name is None:
+            return None
+        with self.lock:
+            state = self.pods.get(pod_uid)
+            if state is None:
+                return None
+            return pods.has_pre_stop(state.pod, name)
+
     def container_name_of(self, pod_uid: str, container_id: str) -> str | None:
         """Return the name of a live pod's container from its id without the runtime prefix."""
         with self.lock:

@@ -99,10 +99,26 @@ class Worker:
     outcome: str | None = None
     leftovers: set[Key] | None = None  # None until the leftover grace has passed
     cgroup: PodCgroup | None = None  # the pod and container the worker runs in
+    kill_failures: list[KillFailure] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
         return self.exit_time is None
+
+
+@dataclass(frozen=True, slots=True)
+class KillFailure:
+    """A kill command aimed at a worker or its LogWriter that exited non-zero."""
+
+    time: float  # monotonic seconds of the command's exit
+    pid: int  # the command's pid
+    target_pid: int  # host pid of the worker or LogWriter it named
+    signal: str  # the signal it was to send, such as "SIGTERM"
+    status: str  # "exit 1", or the signal that ended the command
+
+
+# Kill failures kept per worker for /debug/workers; the counter keeps counting.
+MAX_KILL_FAILURES_KEPT = 8
 
 
 @dataclass(slots=True)
@@ -154,6 +170,10 @@ class Tracker:
         self.leftovers_detected: defaultdict[str, int] = defaultdict(int)
         self.signals: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.kill_commands: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.kill_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # Kill commands aimed at workers, until their exit: command key -> (worker key,
+        # target pid, signal name). Their exit status tells whether the signal was sent.
+        self._pending_kills: dict[Key, list[tuple[Key, int, str]]] = {}
         self.termination_requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.events_lost: defaultdict[str, int] = defaultdict(int)
         self.scans = 0
@@ -276,6 +296,9 @@ class Tracker:
 
     def _process_exit(self, process: Process, time: float, status: int | None) -> None:
         self.table.mark_exited(process, time, status)
+        aimed = self._pending_kills.pop(process.key, None)
+        if aimed is not None:
+            self._kill_command_exited(process, aimed, time, status)
         container_id = self._container_inits.pop(process.key, None)
         if container_id is not None and status is not None:
             wall = datetime.now(timezone.utc) - timedelta(seconds=self.clock() - time)
@@ -409,9 +432,36 @@ class Tracker:
             if worker is None:
                 continue
             self.kill_commands[(worker.label, oc.signal_name(command.signal))] += 1
+            self._pending_kills.setdefault(process.key, []).append(
+                (worker.key, target.pid, oc.signal_name(command.signal))
+            )
             parent = self._parent_or_lookup(process)
             trigger = "supervisor" if parent is not None and parent.role == "supervisor" else "other"
             self._request(worker, time, command.signal, command.via, trigger)
+
+    def _kill_command_exited(
+        self, command: Process, aimed: list[tuple[Key, int, str]], time: float, status: int | None
+    ) -> None:
+        """Count a kill command that failed: a non-zero exit or a death by signal.
+
+        Without an exit status (no netlink) the outcome is unknown and nothing is
+        counted. `kill` exits 1 when kill(2) failed for any of its pids, for
+        example with EPERM or ESRCH.
+        """
+        if status is None or status == 0:
+            return
+        text = _format_status(status)
+        for worker_key, target_pid, signame in aimed:
+            worker = self.workers.get(worker_key)
+            if worker is None:
+                continue
+            self.kill_failures[(worker.label, signame)] += 1
+            worker.kill_failures.append(KillFailure(time, command.pid, target_pid, signame, text))
+            del worker.kill_failures[:-MAX_KILL_FAILURES_KEPT]
+            logger.warning(
+                "Kill command failed pid=%d target_pid=%d signal=%s status=%s topology=%r worker_id=%s",
+                command.pid, target_pid, signame, text, worker.topology, worker.worker_id,
+            )
 
     def request_pod_termination(self, pod_uid: str, start: float) -> None:
         """Record a pod's termination start (monotonic seconds) as a request of its workers.
@@ -529,6 +579,8 @@ class Tracker:
         for pid, (_, forked) in list(self._vanished_forks.items()):
             if now - forked > RECENT_EXIT_SECONDS:
                 del self._vanished_forks[pid]
+        for key in [k for k in self._pending_kills if k not in self.table.by_key]:
+            del self._pending_kills[key]
         active = {w.label for w in self.workers.values()}
         for label in self.labels.expire(now, active):
             self._drop_label(label)
@@ -586,7 +638,10 @@ class Tracker:
         self.labels.touch(worker.label, self.clock())
 
     def _drop_label(self, label: str) -> None:
-        for table in (self.exits, self.durations, self.signals, self.kill_commands, self.termination_requests):
+        for table in (
+            self.exits, self.durations, self.signals, self.kill_commands, self.kill_failures,
+            self.termination_requests,
+        ):
             for key in [k for k in table if k[0] == label]:
                 del table[key]
         for table in (self.escalations, self.leftovers_detected):

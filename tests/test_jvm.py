@@ -29,10 +29,10 @@ def classes(tmp_path_factory):
     return output
 
 
-def start_jvm(classes: Path, topology: str) -> subprocess.Popen:
+def start_jvm(classes: Path, topology: str, *options: str) -> subprocess.Popen:
     worker_id = str(uuid.uuid4())
     argv = [
-        "java", "-server", "-Xmx64m", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
+        "java", "-server", "-Xmx64m", "-XX:TieredStopAtLevel=1", "-Xshare:auto", *options,
         *common_properties(topology, worker_id, 6700), f"-Dstorm.test.hook.ms={HOOK_MS}",
         "-cp", str(classes), "org.apache.storm.daemon.worker.Worker",
         topology, "sup-1", "6628", "6700", worker_id,
@@ -78,3 +78,27 @@ def test_jvm_sigterm_shutdown(classes, mode):
         tolerance = 0.02 if mode != "poll" else 0.5
         assert total == pytest.approx(exited - request, abs=tolerance)
         assert total >= HOOK_MS / 1000 - 0.02
+
+
+@pytest.mark.parametrize(("options", "disposition"), [((), "handled"), (("-Xrs",), "default")])
+def test_jvm_sigterm_disposition(classes, options, disposition):
+    # HotSpot installs its SIGTERM handler, which runs the shutdown hooks, unless
+    # -Xrs tells it to leave the signal alone.
+    from exporter.diagnostics import WorkerReport
+    from exporter.diagreport import diagnose_node
+    from exporter.procfs import ProcFS
+
+    require_root()
+    topology = f"jvm-disposition-{len(options)}-{int(time.time())}"
+    jvm = start_jvm(classes, topology, *options)
+    try:
+        reports: list[WorkerReport] = [
+            r for r in diagnose_node(ProcFS()).workers if r.snapshot.worker.pid == jvm.pid
+        ]
+    finally:
+        jvm.kill()
+        jvm.wait()
+    assert len(reports) == 1
+    assert reports[0].worker.disposition == disposition
+    codes = [finding.code for finding in reports[0].findings]
+    assert codes == ([] if disposition == "handled" else ["no_shutdown_hooks"])

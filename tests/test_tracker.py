@@ -493,3 +493,39 @@ def test_container_init_exit_is_recorded():
     assert seen is not None
     assert seen[1] == exit_code(143)
     assert node.tracker.container_exits.get("ab" * 32) is None
+
+
+def test_failed_kill_command_is_counted():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).execute(300, 100, ["kill", "-15", "201"])
+    node.at(10.001).exit(300, exit_code(1))
+    worker = node.tracker.workers[(201, 2010)]
+    assert node.tracker.kill_failures[(TOPOLOGY, "SIGTERM")] == 1
+    assert len(worker.kill_failures) == 1
+    assert worker.kill_failures[0].target_pid == 201
+    assert worker.kill_failures[0].status == "exit 1"
+
+
+def test_successful_kill_is_not_failure():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).supervisor_kill(300, 201, SIGTERM)
+    assert node.tracker.kill_failures[(TOPOLOGY, "SIGTERM")] == 0
+    assert node.tracker.kill_commands[(TOPOLOGY, "SIGTERM")] == 1
+
+
+def test_kill_without_exit_status_is_not_failure():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).execute(300, 100, ["kill", "-9", "201"])
+    node.at(10.001).exit(300, None)
+    assert node.tracker.kill_failures[(TOPOLOGY, "SIGKILL")] == 0
+
+
+def test_kill_failure_of_untracked_pid_is_ignored():
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).execute(300, 100, ["kill", "-15", "4242"])
+    node.at(10.001).exit(300, exit_code(1))
+    assert sum(node.tracker.kill_failures.values()) == 0
