@@ -81,7 +81,12 @@ def _disposition_at(pid_fd: int, signum: int) -> str | None:
     # Dispositions are shared by all threads, so the leader's SigIgn and SigCgt hold for all.
     if leader.sigign & bit:
         return "ignored"
-    blocked = _blocked_in_every_thread(pid_fd, bit)
+    # A live leader that does not block the signal settles it without reading
+    # every thread's status, which matters for JVMs with hundreds of threads.
+    leader_takes_it = (
+        leader.state not in _EXITED_STATES and leader.sigblk is not None and not leader.sigblk & bit
+    )
+    blocked = False if leader_takes_it else _blocked_in_every_thread(pid_fd, bit)
     if blocked is None:
         return None
     if blocked:

@@ -239,7 +239,8 @@ def test_disposition_in_fixture_proc_tree(tmp_path):
     (pid_dir / "task" / "4242").mkdir(parents=True)
     (pid_dir / "task" / "4243").mkdir(parents=True)
     leader = "Name:\tjava\nState:\tS (sleeping)\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t{cgt}\n"
-    (pid_dir / "status").write_text(leader.format(blk="0", ign="0", cgt="2000000181005ccf"))
+    # /proc/PID/status shows the leader thread's mask, the same as task/PID/status.
+    (pid_dir / "status").write_text(leader.format(blk="0000000000004000", ign="0", cgt="2000000181005ccf"))
     (pid_dir / "task" / "4242" / "status").write_text(
         leader.format(blk="0000000000004000", ign="0", cgt="2000000181005ccf"))
     (pid_dir / "task" / "4243" / "status").write_text(

@@ -529,3 +529,15 @@ def test_kill_failure_of_untracked_pid_is_ignored():
     node.at(10.0).execute(300, 100, ["kill", "-15", "4242"])
     node.at(10.001).exit(300, exit_code(1))
     assert sum(node.tracker.kill_failures.values()) == 0
+
+
+def test_replacement_that_dies_is_crash_not_sample():
+    # A replacement worker that cannot bind its port exits within seconds with no
+    # termination request: a crashed start, not a shutdown duration.
+    node = Node()
+    node.at(1.0).worker_tree("ingest-6-1529050000", base=500, worker_id="e0c1d2b3-a4f5-4e67-8899-aabbccddeeff")
+    node.at(4.0).exit(501, exit_code(1))
+    node.exit(500, exit_code(1))
+    node.tick(5.0)
+    assert node.tracker.exits[("ingest-6-1529050000", "crashed")] == 1
+    assert not any(label == "ingest-6-1529050000" for label, _ in node.tracker.durations)
