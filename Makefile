@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# Debian packages the tests run for real: Prometheus (end-to-end scrape test) and
-# a JDK (the real-JVM signal test). Installed only when missing; needs root.
+# Debian packages the tests run for real: Prometheus (end-to-end scrape test),
+# Alertmanager (end-to-end alert delivery test) and a JDK (the real-JVM signal test).
+# Installed only when missing; needs root.
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v javac >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
