@@ -172,8 +172,8 @@ class Tracker:
         self.kill_commands: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.kill_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
         # Kill commands aimed at workers, until their exit: command key -> (worker key,
-        # target pid, signal name). Their exit status tells whether the signal was sent.
-        self._pending_kills: dict[Key, list[tuple[Key, int, str]]] = {}
+        # target key, signal name). Their exit status tells whether the signal was sent.
+        self._pending_kills: dict[Key, list[tuple[Key, Key, str]]] = {}
         self.termination_requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.events_lost: defaultdict[str, int] = defaultdict(int)
         self.scans = 0
@@ -433,28 +433,38 @@ class Tracker:
                 continue
             self.kill_commands[(worker.label, oc.signal_name(command.signal))] += 1
             self._pending_kills.setdefault(process.key, []).append(
-                (worker.key, target.pid, oc.signal_name(command.signal))
+                (worker.key, target.key, oc.signal_name(command.signal))
             )
             parent = self._parent_or_lookup(process)
             trigger = "supervisor" if parent is not None and parent.role == "supervisor" else "other"
             self._request(worker, time, command.signal, command.via, trigger)
 
     def _kill_command_exited(
-        self, command: Process, aimed: list[tuple[Key, int, str]], time: float, status: int | None
+        self, command: Process, aimed: list[tuple[Key, Key, str]], time: float, status: int | None
     ) -> None:
         """Count a kill command that failed: a non-zero exit or a death by signal.
 
         Without an exit status (no netlink) the outcome is unknown and nothing is
         counted. `kill` exits 1 when kill(2) failed for any of its pids, for
-        example with EPERM or ESRCH.
+        example with EPERM or ESRCH. A command whose target exited before the
+        command did is not counted: the supervisor's `kill -9` races the worker's
+        own exit at the end of the kill wait, and ESRCH then harms nothing.
         """
         if status is None or status == 0:
             return
         text = _format_status(status)
-        for worker_key, target_pid, signame in aimed:
+        for worker_key, target_key, signame in aimed:
             worker = self.workers.get(worker_key)
-            if worker is None:
+            target = self.table.by_key.get(target_key)
+            if worker is None or target is None:
                 continue
+            if target.exit_time is not None and target.exit_time <= time:
+                logger.debug(
+                    "Kill command failed after its target exited pid=%d target_pid=%d signal=%s status=%s",
+                    command.pid, target.pid, signame, text,
+                )
+                continue
+            target_pid = target.pid
             self.kill_failures[(worker.label, signame)] += 1
             worker.kill_failures.append(KillFailure(time, command.pid, target_pid, signame, text))
             del worker.kill_failures[:-MAX_KILL_FAILURES_KEPT]

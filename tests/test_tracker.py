@@ -541,3 +541,15 @@ def test_replacement_that_dies_is_crash_not_sample():
     node.tick(5.0)
     assert node.tracker.exits[("ingest-6-1529050000", "crashed")] == 1
     assert not any(label == "ingest-6-1529050000" for label, _ in node.tracker.durations)
+
+
+def test_kill_racing_worker_exit_is_not_failure():
+    # The supervisor's kill -9 after the kill wait finds the worker gone (ESRCH).
+    node = Node()
+    node.at(1.0).worker_tree()
+    node.at(10.0).supervisor_kill(300, 201, SIGTERM)
+    node.at(13.0).execute(301, 100, ["kill", "-9", "201"])
+    node.at(13.0005).exit(201, exit_code(20))
+    node.at(13.001).exit(301, exit_code(1))
+    assert node.tracker.kill_failures[(TOPOLOGY, "SIGKILL")] == 0
+    assert node.tracker.kill_commands[(TOPOLOGY, "SIGKILL")] == 1
