@@ -18,7 +18,7 @@ from exporter import __version__
 from exporter.cgroup import PodCgroup
 from exporter.labels import bound_length
 from exporter.outcome import OUTCOMES
-from exporter.tracker import DURATION_BUCKETS, TRIGGERS, Tracker
+from exporter.tracker import DURATION_BUCKETS, TRIGGERS, Histogram, Tracker
 
 STATES = ("running", "terminating")
 UNRESOLVED = ("", "", "", "")
@@ -179,7 +179,11 @@ class StormCollector(Collector):
             "Time from a worker's termination request to its JVM's exit.",
             labels=["topology", "outcome"],
         )
-        for (label, result), histogram in sorted(tracker.durations.items()):
+        # Histograms start at 0 too, with the outcomes the active sources can tell apart.
+        timed = ("graceful", "halted", "sigkill") if tracker.exits_known or tracker.signals_visible else ("unknown",)
+        histograms = {(label, result): Histogram() for label in labels for result in timed}
+        histograms.update(tracker.durations)
+        for (label, result), histogram in sorted(histograms.items()):
             buckets, cumulative = [], 0
             for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram.counts):
                 cumulative += count

@@ -146,3 +146,16 @@ def test_worker_info_names_pod_from_cgroup():
         "workload": "statefulset/storm-supervisor",
     }
     assert registry.get_sample_value("storm_worker_info", info) == 1
+
+
+def test_histograms_start_at_zero():
+    # rate() and increase() then count a topology's first shutdown too.
+    node = Node()
+    node.at(1.0).worker_tree()
+    registry, _ = scrape(node)
+    topology = "wordcount-3-1700000000"
+    for outcome in ("graceful", "halted", "sigkill"):
+        labels = {"topology": topology, "outcome": outcome}
+        assert sample(registry, "storm_worker_shutdown_duration_seconds_count", **labels) == 0
+        assert sample(registry, "storm_worker_shutdown_duration_seconds_bucket", le="+Inf", **labels) == 0
+    assert sample(registry, "storm_worker_shutdown_duration_seconds_count", topology=topology, outcome="unknown") is None
