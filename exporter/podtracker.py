@@ -42,6 +42,9 @@ WorkloadKey = tuple[str, str]
 ExitKey = tuple[str, datetime | None]
 
 
+ZERO_DURATION_OUTCOMES = ("graceful", "sigkill")
+
+
 @dataclass
 class PodState:
     """Termination state of one live pod, keyed by metadata.uid."""
@@ -340,7 +343,16 @@ class PodTracker:
             "Time from a pod's deletion request to a container's finishedAt.",
             labels=["namespace", "workload", "container", "outcome"],
         )
-        for series, histogram in sorted(self.durations.items()):
+        # The graceful and sigkill histograms of every known container start at 0,
+        # so that rate() and increase() count a workload's first pod shutdown.
+        histograms = {
+            (*key, container, outcome): Histogram()
+            for key, names in self.containers.items()
+            for container in names
+            for outcome in ZERO_DURATION_OUTCOMES
+        }
+        histograms.update(self.durations)
+        for series, histogram in sorted(histograms.items()):
             buckets, cumulative = [], 0
             for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram.counts):
                 cumulative += count

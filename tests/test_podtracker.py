@@ -447,3 +447,12 @@ def test_kernel_status_decides_outcome():
     assert tracker.exits[key] == 1
     assert tracker.durations[key].total == pytest.approx(29.6)
     assert tracker.escalations[("storm", "statefulset/storm-supervisor", "supervisor")] == 1
+
+
+def test_duration_histograms_start_at_zero():
+    tracker = tracker_at()
+    tracker.on_event("ADDED", make_pod(statuses=[running("worker", "c1")]))
+    for outcome in ("graceful", "sigkill"):
+        assert histogram(tracker, "count", outcome) == 0
+        assert histogram(tracker, "bucket", outcome, le="+Inf") == 0
+    assert histogram(tracker, "count", "oomkilled") is None
