@@ -18,21 +18,27 @@ tracker's lock, then reads /proc without it:
 
 Kill commands that failed come from the tracker, which receives their exit status.
 The same Diagnosis feeds the metrics, /debug/workers and ``diagnose``.
+
+Each process is read through one /proc/PID directory fd, opened only while
+its start time is the snapshot's, so a process that exits and whose pid is
+reused during the round never lends its state to the snapshotted one.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import signal
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from exporter import passwd, sigstate, sockets
 from exporter.cgroup import PodCgroup, parse_cgroup_file
-from exporter.procfs import ProcFS
+from exporter.procfs import ProcFS, parse_stat
 from exporter.proctable import Key, Process
 from exporter.tracker import KillFailure, Tracker
 
@@ -203,11 +209,13 @@ class WorkerReport:
 
     @property
     def verdict(self) -> str:
-        """The most severe finding's message, or the healthy verdict."""
+        """The most severe finding's message, or the healthy verdict if the worker could be read."""
         for severity in SEVERITIES:
             for finding in self.findings:
                 if finding.severity == severity:
                     return finding.message
+        if self.worker.disposition is None:
+            return "unknown: the worker exited during the diagnosis, or its /proc status was unreadable"
         return "ok: SIGTERM reaches the worker and its supervisor may send it"
 
 
@@ -312,8 +320,15 @@ class Diagnoser:
         self.pre_stop = pre_stop or (lambda cgroup: None)
 
     def diagnose(self, snapshot: Snapshot) -> Diagnosis:
+        """Read /proc for every process of the snapshot and turn what it shows into findings.
+
+        A process that exited since the snapshot, or whose pid now belongs to
+        another process, gets unknown fields and no finding from /proc.
+        """
         inits: dict[int, ContainerInit] = {}
         reports = []
+        namespaces: dict[Key, int | None] = {}
+        users: dict[tuple, dict[int, str]] = {}
         for worker in snapshot.workers:
             init = None
             if worker.init is not None:
@@ -321,20 +336,22 @@ class Diagnoser:
                 if init is None:
                     init = self._container_init(worker.init)
                     inits[worker.init.pid] = init
-            reports.append(self._worker(worker, init))
-        conflicts, claimants = self._port_conflicts(reports, snapshot.leftovers)
+            reports.append(self._worker(worker, init, namespaces, users))
+        conflicts, claimants = self._port_conflicts(reports, namespaces, snapshot.leftovers)
         return Diagnosis(
             snapshot.time, snapshot.labels, reports, list(inits.values()), conflicts, claimants,
         )
 
     # Processes.
 
-    def _report(self, view: ProcessView, role: str) -> ProcessReport:
+    def _report(
+        self, view: ProcessView, role: str, directory: _ProcessDir, users: dict[tuple, dict[int, str]]
+    ) -> ProcessReport:
         known = user = None
-        users = passwd.read_passwd(self.proc, view.pid) if view.uid is not None else None
-        if users is not None:
-            known = view.uid in users
-            user = users.get(view.uid)
+        names = directory.users(users) if view.uid is not None else None
+        if names is not None:
+            known = view.uid in names
+            user = names.get(view.uid)
         return ProcessReport(
             pid=view.pid,
             namespace_pid=view.namespace_pid,
@@ -343,11 +360,17 @@ class Diagnoser:
             uid=view.uid,
             user=user,
             user_known=known,
-            disposition=sigstate.signal_disposition(self.proc, view.pid, signal.SIGTERM),
+            disposition=directory.disposition(),
         )
 
+    def _read_report(self, view: ProcessView, role: str, users: dict[tuple, dict[int, str]]) -> ProcessReport:
+        with _ProcessDir(self.proc, view) as directory:
+            return self._report(view, role, directory, users)
+
     def _container_init(self, view: ProcessView) -> ContainerInit:
-        disposition = sigstate.signal_disposition(self.proc, view.pid, signal.SIGTERM)
+        with _ProcessDir(self.proc, view) as directory:
+            disposition = directory.disposition()
+            cgroup_text = directory.cgroup()
         shell = view.role is None and view.comm in SHELLS
         reason = None
         # The kernel discards a signal for a namespace's init at its default
@@ -356,19 +379,50 @@ class Diagnoser:
         # ignored SIGTERM is lost as well.
         if disposition in ("default", "ignored"):
             reason = SHELL_WITHOUT_EXEC if shell else DEFAULT_DISPOSITION
-        cgroup = parse_cgroup_file(self.proc.read_cgroup(view.pid) or "")
+        cgroup = parse_cgroup_file(cgroup_text or "")
         return ContainerInit(view.pid, view.comm, view.role, disposition, shell, cgroup, reason)
 
-    def _worker(self, snap: WorkerSnapshot, init: ContainerInit | None) -> WorkerReport:
-        worker = self._report(snap.worker, "worker")
-        logwriter = self._report(snap.logwriter, "logwriter") if snap.logwriter else None
-        children = [self._report(child, "child") for child in snap.children]
-        supervisor = self._report(snap.supervisor, "supervisor") if snap.supervisor else None
+    def _worker(
+        self,
+        snap: WorkerSnapshot,
+        init: ContainerInit | None,
+        namespaces: dict[Key, int | None],
+        users: dict[tuple, dict[int, str]],
+    ) -> WorkerReport:
+        with _ProcessDir(self.proc, snap.worker) as worker_dir, \
+                _ProcessDir(self.proc, snap.supervisor) as supervisor_dir:
+            report = self._read_worker(snap, init, worker_dir, supervisor_dir, users)
+            self._storm_dir_findings(report, worker_dir)
+            namespaces[snap.key] = worker_dir.network_namespace()
+        for failure in snap.kill_failures[-1:]:
+            report.findings.append(Finding(
+                "kill_failed", SERIOUS,
+                f"its stop commands fail: {len(snap.kill_failures)} kill command(s) aimed at it "
+                f"failed, the last one ({failure.signal}, pid {failure.pid}) ended with "
+                f"{failure.status}",
+                failure.target_pid,
+            ))
+        return report
+
+    def _read_worker(
+        self,
+        snap: WorkerSnapshot,
+        init: ContainerInit | None,
+        worker_dir: _ProcessDir,
+        supervisor_dir: _ProcessDir,
+        users: dict[tuple, dict[int, str]],
+    ) -> WorkerReport:
+        worker = self._report(snap.worker, "worker", worker_dir, users)
+        logwriter = self._read_report(snap.logwriter, "logwriter", users) if snap.logwriter else None
+        children = [self._read_report(child, "child", users) for child in snap.children]
+        supervisor = (
+            self._report(snap.supervisor, "supervisor", supervisor_dir, users) if snap.supervisor else None
+        )
 
         permitted = None
         if snap.supervisor is not None:
-            sender = sigstate.read_credentials(self.proc, snap.supervisor.pid)
-            target = sigstate.read_credentials(self.proc, snap.worker.pid)
+            sender = supervisor_dir.credentials()
+            target = worker_dir.credentials()
             if sender is not None and target is not None:
                 permitted = sigstate.may_signal(sender, target)
         # When the container stops, its PID 1 exits: the supervisor itself, or an
@@ -389,16 +443,6 @@ class Diagnoser:
         self._disposition_findings(report)
         self._init_findings(report)
         self._permission_findings(report)
-        self._storm_dir_findings(report)
-
-        for failure in snap.kill_failures[-1:]:
-            report.findings.append(Finding(
-                "kill_failed", SERIOUS,
-                f"its stop commands fail: {len(snap.kill_failures)} kill command(s) aimed at it "
-                f"failed, the last one ({failure.signal}, pid {failure.pid}) ended with "
-                f"{failure.status}",
-                failure.target_pid,
-            ))
         return report
 
     def _disposition_findings(self, report: WorkerReport) -> None:
@@ -492,7 +536,7 @@ class Diagnoser:
                 supervisor.pid,
             ))
 
-    def _storm_dir_findings(self, report: WorkerReport) -> None:
+    def _storm_dir_findings(self, report: WorkerReport, worker_dir: _ProcessDir) -> None:
         """Check the pid file and the worker-user file of Storm's worker directory.
 
         The worker runs in ``<storm.local.dir>/workers/<worker id>``; the supervisor
@@ -502,10 +546,10 @@ class Diagnoser:
         """
         snap = report.snapshot
         pid = snap.worker.pid
-        cwd = self.proc.read_cwd(pid)
+        cwd = worker_dir.cwd()
         if not snap.worker_id or cwd is None or not cwd.endswith(f"/workers/{snap.worker_id}"):
             return
-        names = _list_beneath(self.proc, pid, ("pids",))
+        names = _list_beneath(worker_dir, ("pids",))
         expected = str(snap.worker.namespace_pid)
         if names is not None and expected not in names:
             report.findings.append(Finding(
@@ -514,7 +558,7 @@ class Diagnoser:
                 "supervisor cannot kill it",
                 pid,
             ))
-        recorded = _read_user_file(self.proc, pid, snap.worker_id)
+        recorded = _read_user_file(worker_dir, snap.worker_id)
         actual = report.worker.user
         if recorded and actual is not None and recorded != actual:
             report.findings.append(Finding(
@@ -527,31 +571,43 @@ class Diagnoser:
     # Ports.
 
     def _port_conflicts(
-        self, reports: list[WorkerReport], leftovers: Iterable[LeftoverSnapshot]
+        self,
+        reports: list[WorkerReport],
+        namespaces: dict[Key, int | None],
+        leftovers: Iterable[LeftoverSnapshot],
     ) -> tuple[dict[int, int], dict[int, list[int]]]:
         """Find worker ports claimed twice in one network namespace, or held by a leftover.
 
         Workers in different network namespaces (pods without hostNetwork) may use
-        the same port without conflict, so claims are grouped by namespace.
+        the same port without conflict, so claims are grouped by namespace. A
+        worker that exited since the snapshot claims nothing. A leftover counts
+        when it listens on its own worker's port, or on the port of a live worker
+        in its network namespace.
         """
-        claims: defaultdict[tuple[int | None, int], set[int]] = defaultdict(set)
-        namespaces: dict[int, int | None] = {}
+        claims: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
         for report in reports:
             port = report.snapshot.port
-            if port is not None:
-                namespace = _network_namespace(self.proc, report.worker.pid)
-                namespaces[report.worker.pid] = namespace
+            namespace = namespaces.get(report.snapshot.key)
+            if port is not None and namespace is not None:
                 claims[(namespace, port)].add(report.worker.pid)
-        held: defaultdict[tuple[int | None, int], set[int]] = defaultdict(set)
+        held: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
         ports = {port for _, port in claims}
         leftovers = list(leftovers)
         ports.update(group.port for group in leftovers if group.port is not None)
-        pids = [process.pid for group in leftovers for process in group.processes]
-        if pids and ports:
-            for port, holders in sockets.port_holders(self.proc, pids, ports).items():
+        views = {process.pid: (process, group) for group in leftovers for process in group.processes}
+        if views and ports:
+            start_ticks = {pid: view.start_ticks for pid, (view, _) in views.items()}
+            holdings = sockets.port_holders(self.proc, list(views), ports, start_ticks)
+            for port, holders in holdings.items():
                 for holder in holders:
-                    held[(_network_namespace(self.proc, holder), port)].add(holder)
-        conflicting: dict[tuple[int | None, int], list[int]] = {}
+                    view, group = views[holder]
+                    with _ProcessDir(self.proc, view) as directory:
+                        namespace = directory.network_namespace()
+                    if namespace is None:
+                        continue
+                    if port == group.port or (namespace, port) in claims:
+                        held[(namespace, port)].add(holder)
+        conflicting: dict[tuple[int, int], list[int]] = {}
         for key in set(claims) | set(held):
             if len(claims.get(key, ())) >= 2 or held.get(key):
                 conflicting[key] = sorted(claims.get(key, set()) | held.get(key, set()))
@@ -562,7 +618,8 @@ class Diagnoser:
             claimants[port].extend(pids_here)
         for report in reports:
             port = report.snapshot.port
-            pids_here = conflicting.get((namespaces.get(report.worker.pid), port))
+            namespace = namespaces.get(report.snapshot.key)
+            pids_here = conflicting.get((namespace, port)) if namespace is not None else None
             if port is None or pids_here is None:
                 continue
             others = [pid for pid in pids_here if pid != report.worker.pid]
@@ -575,25 +632,104 @@ class Diagnoser:
         return dict(conflicts), dict(claimants)
 
 
-def _network_namespace(proc: ProcFS, pid: int) -> int | None:
-    """Return the inode of the process's network namespace, None when it is gone."""
+class _ProcessDir:
+    """/proc/PID of one snapshotted process, opened once so that every read is about it.
+
+    ``fd`` is None when the process exited (a zombie counts as exited) or its
+    pid belongs to another process now. Reads through the fd fail once the
+    process is reaped, so they never describe a later process with the same pid.
+    """
+
+    def __init__(self, proc: ProcFS, view: ProcessView | None) -> None:
+        self.fd = None if view is None else _open_process(proc, view)
+
+    def __enter__(self) -> _ProcessDir:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def disposition(self) -> str | None:
+        return None if self.fd is None else sigstate.signal_disposition_at(self.fd, signal.SIGTERM)
+
+    def credentials(self) -> sigstate.Credentials | None:
+        return None if self.fd is None else sigstate.read_credentials_at(self.fd)
+
+    def users(self, cache: dict[tuple, dict[int, str]]) -> dict[int, str] | None:
+        return None if self.fd is None else passwd.read_passwd_at(self.fd, cache)
+
+    def cwd(self) -> str | None:
+        try:
+            return None if self.fd is None else os.readlink("cwd", dir_fd=self.fd)
+        except OSError:
+            return None
+
+    def cgroup(self) -> str | None:
+        data = self._read("cgroup")
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def network_namespace(self) -> int | None:
+        """Return the inode of the process's network namespace, None when it is gone."""
+        try:
+            return None if self.fd is None else os.stat("ns/net", dir_fd=self.fd).st_ino
+        except OSError:
+            return None
+
+    def _read(self, name: str) -> bytes | None:
+        return None if self.fd is None else _read_at(self.fd, name)
+
+
+def _open_process(proc: ProcFS, view: ProcessView) -> int | None:
+    """Open /proc/PID if it is still the process of ``view`` (same start time) and not a zombie."""
     try:
-        return os.stat(os.path.join(proc.root, str(pid), "ns", "net")).st_ino
+        fd = os.open(os.path.join(proc.root, str(view.pid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+    data = _read_at(fd, "stat")
+    try:
+        fields = parse_stat(data.decode("utf-8", errors="replace")) if data is not None else None
+    except ValueError:
+        fields = None
+    # A zombie's status still shows its masks and ids, but it takes no signal and
+    # sends none. A leader that exited before its other threads is not one.
+    exited = fields is not None and fields.state in ("Z", "X") and fields.num_threads <= 1
+    if fields is None or fields.start_ticks != view.start_ticks or exited:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_at(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 # A user name as Storm writes it into workers-users/<worker id>.
 _USER_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
 
 
-def _open_beneath_cwd(proc: ProcFS, pid: int, names: Iterable[str], final: int) -> int:
+def _open_beneath_cwd(worker_dir: _ProcessDir, names: Iterable[str], final: int) -> int:
     """Open a path relative to the process's working directory without following symlinks.
 
     The process owns these directories, so a symlink in them must not make the
-    exporter open a file of its own choosing.
+    exporter open a file of its own choosing. Raise OSError on failure.
     """
-    fd = os.open(os.path.join(proc.root, str(pid), "cwd"), os.O_RDONLY | os.O_DIRECTORY)
+    if worker_dir.fd is None:
+        raise OSError(errno.ESRCH, "process exited")
+    fd = os.open("cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=worker_dir.fd)
     try:
         names = list(names)
         for index, name in enumerate(names):
@@ -607,9 +743,9 @@ def _open_beneath_cwd(proc: ProcFS, pid: int, names: Iterable[str], final: int) 
         raise
 
 
-def _list_beneath(proc: ProcFS, pid: int, names: tuple[str, ...]) -> set[str] | None:
+def _list_beneath(worker_dir: _ProcessDir, names: tuple[str, ...]) -> set[str] | None:
     try:
-        fd = _open_beneath_cwd(proc, pid, names, os.O_RDONLY | os.O_DIRECTORY)
+        fd = _open_beneath_cwd(worker_dir, names, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
     try:
@@ -620,15 +756,22 @@ def _list_beneath(proc: ProcFS, pid: int, names: tuple[str, ...]) -> set[str] | 
         os.close(fd)
 
 
-def _read_user_file(proc: ProcFS, pid: int, worker_id: str) -> str | None:
-    """Return the user in <storm.local.dir>/workers-users/<worker id>, None when unreadable."""
+def _read_user_file(worker_dir: _ProcessDir, worker_id: str) -> str | None:
+    """Return the user in <storm.local.dir>/workers-users/<worker id>, None when unreadable.
+
+    Only a regular file counts. O_NONBLOCK keeps the open of a FIFO from waiting
+    for a writer, and a device is never read.
+    """
     if "/" in worker_id or worker_id in ("", ".", ".."):
         return None
+    path = ("..", "..", "workers-users", worker_id)
     try:
-        fd = _open_beneath_cwd(proc, pid, ("..", "..", "workers-users", worker_id), os.O_RDONLY)
+        fd = _open_beneath_cwd(worker_dir, path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         data = os.read(fd, 256)
     except OSError:
         return None

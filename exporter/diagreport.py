@@ -112,14 +112,14 @@ def to_text(diagnosis: Diagnosis) -> str:
         rows.append((
             str(worker.pid),
             "" if report.snapshot.port is None else str(report.snapshot.port),
-            report.snapshot.topology,
-            user,
+            _printable(report.snapshot.topology),
+            _printable(user),
             worker.disposition or "unknown",
-            f"{severity}: {report.verdict}" if severity else report.verdict,
+            _printable(f"{severity}: {report.verdict}" if severity else report.verdict),
         ))
         for finding in report.findings:
             if finding.message != report.verdict:
-                extra.append(f"{worker.pid}: {finding.severity}: {finding.message}")
+                extra.append(f"{worker.pid}: {finding.severity}: {_printable(finding.message)}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
     if extra:
@@ -130,6 +130,29 @@ def to_text(diagnosis: Diagnosis) -> str:
     lines.append("")
     lines.append(f"{len(diagnosis.workers)} worker(s), {serious} with a serious finding.")
     return "\n".join(lines) + "\n"
+
+
+def _printable(text: str) -> str:
+    """Escape backslashes and every character that str.isprintable() rejects.
+
+    Topologies come from argv, user names from a container's passwd file and
+    comms from the processes themselves, so each may hold newlines or terminal
+    escape sequences that would forge table lines or drive the terminal.
+    """
+    return "".join(_escape(character) for character in text)
+
+
+def _escape(character: str) -> str:
+    if character == "\\":
+        return "\\\\"
+    if character.isprintable():
+        return character
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def _severity(report: WorkerReport) -> str:
@@ -169,9 +192,26 @@ def main(argv: list[str]) -> int:
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
     proc = ProcFS(args.procfs)
+    problem = _procfs_problem(proc)
+    if problem is not None:
+        sys.stderr.write(
+            f"{parser.prog}: error: --path.procfs={args.procfs}: {problem}; "
+            "give the mount point of a proc file system\n"
+        )
+        return EXIT_USAGE
     diagnosis = diagnose_node(proc)
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(diagnosis, time.monotonic()), indent=2) + "\n")
     else:
         sys.stdout.write(to_text(diagnosis))
     return EXIT_SERIOUS if diagnosis.serious else EXIT_OK
+
+
+def _procfs_problem(proc: ProcFS) -> str | None:
+    """Return why ``proc`` cannot be a proc mount, or None when it lists processes."""
+    try:
+        pids = proc.list_pids()
+    except OSError as error:
+        return error.strerror or str(error)
+    # Every proc mount lists at least the reading process, even with hidepid.
+    return None if pids else "no process directories found"

@@ -20,14 +20,20 @@ from exporter.procfs import ProcFS
 
 _MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS, after which path lookup fails with ELOOP
 
+# A larger file is reported as unreadable instead of being read: a container
+# could otherwise make the exporter read a sparse file of many gigabytes. 16 MiB
+# is over 200,000 passwd lines of 80 bytes.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
 
 def parse_passwd(data: bytes) -> dict[int, str]:
     """Parse passwd(5) content into user names by UID, keeping the first entry of each UID.
 
     Like glibc, leading whitespace is skipped and empty lines and lines starting
-    with "#" are ignored. A line counts when it has a name and a decimal UID in
-    its third field. Names starting with "+" or "-" are NIS compat entries, not
-    users, and are skipped. Names are decoded as UTF-8 with U+FFFD for invalid bytes.
+    with "#" are ignored. A line counts when it has a name and a decimal UID of
+    at most 10 digits in its third field, since a longer one exceeds any 32-bit
+    UID. Names starting with "+" or "-" are NIS compat entries, not users, and
+    are skipped. Names are decoded as UTF-8 with U+FFFD for invalid bytes.
     """
     users: dict[int, str] = {}
     for raw_line in data.split(b"\n"):
@@ -39,7 +45,8 @@ def parse_passwd(data: bytes) -> dict[int, str]:
             continue
         name, uid_field = fields[0], fields[2]
         # bytes.isdigit() accepts ASCII digits only, unlike int(), which also takes "+1" or " 1".
-        if not name or name[:1] in (b"+", b"-") or not uid_field.isdigit():
+        # The length bound also keeps int() below its limit of 4300 digits, which raises.
+        if not name or name[:1] in (b"+", b"-") or not uid_field.isdigit() or len(uid_field) > 10:
             continue
         users.setdefault(int(uid_field), name.decode("utf-8", errors="replace"))
     return users
@@ -54,6 +61,32 @@ def read_passwd(proc: ProcFS, pid: int) -> dict[int, str] | None:
     """
     data = read_file_in_root(proc, pid, "etc/passwd")
     return None if data is None else parse_passwd(data)
+
+
+def read_passwd_at(pid_fd: int, cache: dict[tuple, dict[int, str]] | None = None) -> dict[int, str] | None:
+    """Return read_passwd for the process whose /proc/PID directory is open as pid_fd.
+
+    ``cache`` maps a file's identity (device, inode, size, modification and
+    change times) to its parsed users, so processes that share a root parse
+    their passwd file once.
+    """
+    try:
+        file_fd = _open_in_root(pid_fd, "etc/passwd")
+    except OSError:
+        return None
+    try:
+        info = os.fstat(file_fd)
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if cache is not None and identity in cache:
+            return cache[identity]
+        users = parse_passwd(_read_all(file_fd))
+    except OSError:
+        return None
+    finally:
+        os.close(file_fd)
+    if cache is not None:
+        cache[identity] = users
+    return users
 
 
 def uid_known(proc: ProcFS, pid: int, uid: int) -> bool | None:
@@ -77,27 +110,34 @@ def read_file_in_root(proc: ProcFS, pid: int, path: str) -> bytes | None:
 
     Symlinks and ".." are resolved inside that root, so no path can leave it.
     Return None when the process is gone, /proc/PID/root cannot be opened, the
-    path does not resolve, or it does not end at a regular file.
+    path does not resolve, it does not end at a regular file, or the file is
+    larger than MAX_FILE_BYTES.
     """
     try:
-        root_fd = os.open(
-            os.path.join(proc.root, str(pid), "root"),
-            os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-        )
+        pid_fd = os.open(os.path.join(proc.root, str(pid)), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        file_fd = _open_beneath(root_fd, path)
+        file_fd = _open_in_root(pid_fd, path)
     except OSError:
         return None
     finally:
-        os.close(root_fd)
+        os.close(pid_fd)
     try:
         return _read_all(file_fd)
     except OSError:
         return None
     finally:
         os.close(file_fd)
+
+
+def _open_in_root(pid_fd: int, path: str) -> int:
+    """Open path inside the root directory of the process whose /proc/PID is open as pid_fd."""
+    root_fd = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pid_fd)
+    try:
+        return _open_beneath(root_fd, path)
+    finally:
+        os.close(root_fd)
 
 
 def _open_beneath(root_fd: int, path: str) -> int:
@@ -107,6 +147,9 @@ def _open_beneath(root_fd: int, path: str) -> int:
     is read and its target walked from root_fd (absolute) or from its directory
     (relative). Raise OSError on failure.
     """
+    # NOTE: every directory on the way stays open until the walk ends, and nothing
+    # bounds the depth. A root whose symlinks lead through thousands of nested
+    # directories therefore makes one walk keep thousands of fds open.
     directories = [root_fd]  # directories[-1] is the current directory, [0] the root
     pending = _components(path)  # in reverse, so pop() gives the next component
     symlinks = 0
@@ -162,7 +205,15 @@ def _components(path: str) -> list[str]:
 
 
 def _read_all(fd: int) -> bytes:
+    """Read the whole file, or raise OSError(EFBIG) when it is larger than MAX_FILE_BYTES."""
+    if os.fstat(fd).st_size > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes")
     chunks = []
+    size = 0
+    # The file may grow while it is read, so the limit applies to the bytes read too.
     while chunk := os.read(fd, 65536):
+        size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)

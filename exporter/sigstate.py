@@ -59,8 +59,7 @@ def signal_disposition(proc: ProcFS, pid: int, signum: int = 15) -> str | None:
     makes the reads fail instead of mixing two processes. Raise ValueError when
     signum is not a signal number from 1 to 64.
     """
-    if not 1 <= signum <= 64:
-        raise ValueError(f"invalid signal number {signum}, expected 1 to 64")
+    _check_signal(signum)
     try:
         pid_fd = os.open(
             os.path.join(proc.root, str(pid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -71,6 +70,21 @@ def signal_disposition(proc: ProcFS, pid: int, signum: int = 15) -> str | None:
         return _disposition_at(pid_fd, signum)
     finally:
         os.close(pid_fd)
+
+
+def signal_disposition_at(pid_fd: int, signum: int = 15) -> str | None:
+    """Return signal_disposition for the process whose /proc/PID directory is open as pid_fd.
+
+    The caller checks that the fd is the process it means, for example by its
+    start time, and the reads fail once that process is reaped.
+    """
+    _check_signal(signum)
+    return _disposition_at(pid_fd, signum)
+
+
+def _check_signal(signum: int) -> None:
+    if not 1 <= signum <= 64:
+        raise ValueError(f"invalid signal number {signum}, expected 1 to 64")
 
 
 def _disposition_at(pid_fd: int, signum: int) -> str | None:
@@ -122,7 +136,15 @@ def _blocked_in_every_thread(pid_fd: int, bit: int) -> bool | None:
 
 def read_credentials(proc: ProcFS, pid: int) -> Credentials | None:
     """Read the Uid and CapEff lines of /proc/PID/status, or return None if unreadable."""
-    text = _read_text(os.path.join(proc.root, str(pid), "status"))
+    return _parse_credentials(_read_text(os.path.join(proc.root, str(pid), "status")))
+
+
+def read_credentials_at(pid_fd: int) -> Credentials | None:
+    """Return read_credentials for the process whose /proc/PID directory is open as pid_fd."""
+    return _parse_credentials(_read_text("status", pid_fd))
+
+
+def _parse_credentials(text: str | None) -> Credentials | None:
     if text is None:
         return None
     try:
