@@ -3,7 +3,9 @@
 
 ``python dashboards/generate.py`` rewrites storm-worker-termination.json (operations)
 and storm-termination-review.json (capacity and reliability reviews) next to this
-file. The dashboards are plain dicts in Grafana's dashboard JSON model,
+file. It writes the same bytes into deploy/base/dashboards/ too, because kustomize reads
+no file outside its kustomization root, and the base turns each copy into a ConfigMap
+for the Grafana sidecar. The dashboards are plain dicts in Grafana's dashboard JSON model,
 schemaVersion 39, and every query reads the job selector, the node label and the
 recording-rule names from alerts/rules.py.
 """
@@ -35,6 +37,7 @@ OPERATIONS_UID = "storm-worker-termination"
 REVIEW_UID = "storm-termination-review"
 OPERATIONS_PATH = REPO / "dashboards" / f"{OPERATIONS_UID}.json"
 REVIEW_PATH = REPO / "dashboards" / f"{REVIEW_UID}.json"
+DEPLOY_DIR = REPO / "deploy" / "base" / "dashboards"
 
 OUTCOME_COLORS = {
     "graceful": "green",
@@ -1095,15 +1098,18 @@ def render(document: dict) -> str:
 
 
 def generated_files(config: Config = Config()) -> dict[Path, str]:
-    """Return each committed dashboard file and the text this generator writes there."""
-    return {
+    """Return each committed dashboard file, copies in DEPLOY_DIR included, and its text."""
+    dashboards = {
         OPERATIONS_PATH: render(operations_dashboard(config)),
         REVIEW_PATH: render(review_dashboard(config)),
     }
+    copies = {DEPLOY_DIR / path.name: text for path, text in dashboards.items()}
+    return {**dashboards, **copies}
 
 
 def main() -> int:
     for path, text in generated_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO)}")
     return 0

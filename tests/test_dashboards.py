@@ -97,6 +97,15 @@ def test_committed_json_is_generated(uid):
 
 
 @pytest.mark.parametrize("uid", sorted(PATHS))
+def test_deploy_copy_is_generated(uid):
+    copy = generate.DEPLOY_DIR / PATHS[uid].name
+    assert copy.exists(), f"{copy.relative_to(REPO)} is missing: run `python dashboards/generate.py`"
+    message = f"{copy.relative_to(REPO)} differs from its generator: run `python dashboards/generate.py`"
+    assert copy.read_text() == generate.generated_files()[copy], message
+    assert copy.read_text() == PATHS[uid].read_text()
+
+
+@pytest.mark.parametrize("uid", sorted(PATHS))
 def test_dashboard_settings(uid):
     dashboard = load(uid)
     assert dashboard["uid"] == uid
