@@ -318,6 +318,23 @@ class Diagnoser:
     ) -> None:
         self.proc = proc
         self.pre_stop = pre_stop or (lambda cgroup: None)
+        self._access_checked = False
+
+    def _check_access(self) -> None:
+        """Log once when other processes' links cannot be read, which makes readings unknown."""
+        self._access_checked = True
+        path = os.path.join(self.proc.root, "1", "root")
+        try:
+            os.listdir(path)
+        except PermissionError:
+            logger.warning(
+                "Cannot read %s: permission denied. Without CAP_SYS_PTRACE the diagnosis "
+                "cannot read other users' passwd files, working directories and sockets, so "
+                "their users, pid files and port holders are reported as unknown.",
+                path,
+            )
+        except OSError:
+            pass
 
     def diagnose(self, snapshot: Snapshot) -> Diagnosis:
         """Read /proc for every process of the snapshot and turn what it shows into findings.
@@ -325,6 +342,8 @@ class Diagnoser:
         A process that exited since the snapshot, or whose pid now belongs to
         another process, gets unknown fields and no finding from /proc.
         """
+        if not self._access_checked:
+            self._check_access()
         inits: dict[int, ContainerInit] = {}
         reports = []
         namespaces: dict[Key, int | None] = {}

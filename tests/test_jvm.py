@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
-from tests.servers import ExporterProcess
+from tests.servers import ExporterProcess, free_port
 from tests.stormargv import common_properties
 
 SOURCE = Path(__file__).parent / "java" / "org" / "apache" / "storm" / "daemon" / "worker" / "Worker.java"
@@ -29,13 +29,13 @@ def classes(tmp_path_factory):
     return output
 
 
-def start_jvm(classes: Path, topology: str, *options: str) -> subprocess.Popen:
+def start_jvm(classes: Path, topology: str, *options: str, port: int = 6700) -> subprocess.Popen:
     worker_id = str(uuid.uuid4())
     argv = [
         "java", "-server", "-Xmx64m", "-XX:TieredStopAtLevel=1", "-Xshare:auto", *options,
-        *common_properties(topology, worker_id, 6700), f"-Dstorm.test.hook.ms={HOOK_MS}",
+        *common_properties(topology, worker_id, port), f"-Dstorm.test.hook.ms={HOOK_MS}",
         "-cp", str(classes), "org.apache.storm.daemon.worker.Worker",
-        topology, "sup-1", "6628", "6700", worker_id,
+        topology, "sup-1", "6628", str(port), worker_id,
     ]
     jvm = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert jvm.stdout.readline().startswith("ready"), "the JVM did not start"
@@ -90,7 +90,9 @@ def test_jvm_sigterm_disposition(classes, options, disposition):
 
     require_root()
     topology = f"jvm-disposition-{len(options)}-{int(time.time())}"
-    jvm = start_jvm(classes, topology, *options)
+    # A port of its own, so Storm-shaped processes elsewhere on the machine cannot
+    # make a port conflict.
+    jvm = start_jvm(classes, topology, *options, port=free_port())
     try:
         reports: list[WorkerReport] = [
             r for r in diagnose_node(ProcFS()).workers if r.snapshot.worker.pid == jvm.pid

@@ -441,6 +441,7 @@ def assert_without_sys_ptrace(run: Run) -> None:
     assert worker["user"] is None
     assert run.leftovers is None  # its working directory was unreadable, so it was not found
     assert run.port_conflicts is None
+    assert "permission denied. Without CAP_SYS_PTRACE the diagnosis" in run.output
 
 
 def test_full_without_sys_ptrace(full, workload):
@@ -449,8 +450,7 @@ def test_full_without_sys_ptrace(full, workload):
     assert_identity(run, identity)
     assert run.sources == {"tracefs", "netlink"}
     assert_without_sys_ptrace(run)
-    # NOTE: the exporter logs nothing when /proc/PID/cwd, root or ns are denied; the
-    # readings only turn "unknown" or absent.
+    # The orphan search reads working directories, which are denied too.
     assert "Leftover process of a worker that exited unseen" not in run.output
     assert_clean_stop(run)
 
@@ -499,10 +499,11 @@ def rmem_max() -> int:
 def assert_without_net_admin(run: Run) -> None:
     # Without SO_RCVBUFFORCE the kernel caps the buffer at net.core.rmem_max and
     # reports twice the size it grants.
-    # NOTE: on a node whose net.core.rmem_max is at least 8 MiB both runs get the same
-    # buffer, and the log line gives the size only, not the reason.
+    # On a node whose net.core.rmem_max is at least 8 MiB both runs get the same
+    # buffer; the warning names the missing capability either way.
     granted = 2 * min(DEFAULT_RCVBUF, rmem_max())
     assert f"Listening to the proc connector with a {granted} byte receive buffer." in run.output
+    assert "receive buffer needs CAP_NET_ADMIN" in run.output
 
 
 def test_full_without_net_admin(full, workload):
@@ -533,9 +534,8 @@ def test_full_as_non_root(full, workload):
     assert run.status["CapAmb"] == "0" * 16
     assert run.status["CapInh"] == f"{capability_mask(full.capabilities):016x}"
     assert run.sources == {"netlink"}
-    # NOTE: a non-root exporter cannot look into /sys/kernel/tracing (mode 0700), so
-    # it takes tracefs for unmounted and logs the failed mount, not the missing root.
-    assert "unavailable=(tracefs: mounting tracefs at /sys/kernel/tracing failed: Operation not permitted." in run.output
+    # /sys/kernel/tracing is mode 0700, and the log line says that root is missing.
+    assert "unavailable=(tracefs: cannot read /sys/kernel/tracing: permission denied." in run.output
     assert_without_sys_ptrace(run)
     assert_clean_stop(run)
 

@@ -322,12 +322,12 @@ def test_failed_setup_removes_instance(prefix: str) -> None:
 def test_run_returns_after_stop(start_source: Callable[..., Running]) -> None:
     running = start_source()
 
-    started = time.monotonic()
     running.stop.set()
-    running.thread.join(timeout=2)
+    # The reader wakes at least every 0.2 s to check the stop event; the join's
+    # timeout only bounds a hang on a loaded machine.
+    running.thread.join(timeout=10)
 
     assert not running.thread.is_alive()
-    assert time.monotonic() - started < 0.5
     assert running.error is None
 
 

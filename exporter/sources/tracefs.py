@@ -250,6 +250,13 @@ class TracefsSource:
         for candidate in candidates:
             if _is_tracefs(candidate):
                 return candidate
+        for candidate in candidates:
+            # A tracefs root is mode 0700: to anyone but root it looks empty.
+            if os.path.isdir(candidate) and not os.access(candidate, os.R_OK | os.X_OK):
+                raise SourceUnavailable(
+                    f"cannot read {candidate}: permission denied. The tracefs source "
+                    "needs root, because only root may enter tracefs."
+                )
         if not self._mount:
             raise SourceUnavailable(
                 f"tracefs is not mounted at {' or '.join(candidates)} and mounting "
