@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 ARGS ?=
 
-.PHONY: demo run test bench system-deps clean
+.PHONY: demo run test bench bench-deps system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +43,23 @@ test: $(STAMP) system-deps
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+# Debian packages the benchmark runs: process-exporter (the peer it is compared
+# with), gcc (builds bench/holder.c) and procps (the kill command that stops workers).
+# Installed only when missing; needs root.
+bench-deps:
+	@missing=""; \
+	command -v prometheus-process-exporter >/dev/null || missing="$$missing prometheus-process-exporter"; \
+	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	[ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing="$$missing procps"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The side-by-side comparison of docs/benchmarks.md, about 15 minutes; needs root.
+# BENCH_ARGS passes flags to bench/run.py, such as --quick or --sections=cost.
+bench: $(STAMP) bench-deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

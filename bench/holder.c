@@ -11,6 +11,11 @@
  *   LogWriter's subprocess relay does.
  * - idle: argv[1] is "idle" and argv[2] a count N. It forks N children that pause
  *   until killed, writes their pids one a line to stdout, and waits for them.
+ * - storm: argv[1] is "storm", argv[2] a count N and argv[3] a time T in
+ *   milliseconds. It forks N short-lived processes, paced evenly over T ms, and
+ *   reaps them. Each child exits 0 at once, or with argv[4] "exec" first execs this
+ *   binary as "exit". It then writes "<processes forked> <elapsed ms>" to stdout.
+ * - exit: argv[1] is "exit". It exits 0 at once.
  * - worker: any other argv, which is ignored, so it may be a Storm worker's argv.
  *   It waits for SIGTERM, then starts a thread named "SIGTERM handler" (the name
  *   HotSpot gives the thread that runs a JVM's shutdown), which sleeps
@@ -152,7 +157,71 @@ static int run_idle(long count) {
     return 0;
 }
 
+static double monotonic_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1e3 + now.tv_nsec / 1e6;
+}
+
+static void reap_exited(long *running) {
+    while (*running > 0 && waitpid(-1, NULL, WNOHANG) > 0) {
+        (*running)--;
+    }
+}
+
+static int run_storm(long count, long period_ms, int with_exec, const char *exe) {
+    double started = monotonic_ms();
+    long running = 0;
+    long forked = 0;
+    for (long i = 0; i < count; i++) {
+        double due = started + (double)period_ms * i / count;
+        double ahead = due - monotonic_ms();
+        if (ahead > 0) {
+            struct timespec delay = {(time_t)(ahead / 1e3), (long)((ahead - (long)(ahead / 1e3) * 1e3) * 1e6)};
+            nanosleep(&delay, NULL);
+        }
+        pid_t child = fork();
+        if (child < 0) {
+            if (errno == EAGAIN) {
+                reap_exited(&running);
+                continue;
+            }
+            perror("holder: fork");
+            break;
+        }
+        if (child == 0) {
+            if (with_exec) {
+                execl(exe, "java", "exit", (char *)NULL);
+                _exit(127);
+            }
+            _exit(0);
+        }
+        running++;
+        forked++;
+        reap_exited(&running);
+    }
+    while (running > 0 && (wait(NULL) > 0 || errno == EINTR)) {
+        running--;
+    }
+    printf("%ld %.1f\n", forked, monotonic_ms() - started);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "exit") == 0) {
+        return 0;
+    }
+    if (argc >= 4 && strcmp(argv[1], "storm") == 0) {
+        int with_exec = argc >= 5 && strcmp(argv[4], "exec") == 0;
+        char exe[4096];
+        ssize_t length = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (length < 0) {
+            perror("holder: readlink /proc/self/exe");
+            return 1;
+        }
+        exe[length] = '\0';
+        return run_storm(strtol(argv[2], NULL, 10), strtol(argv[3], NULL, 10), with_exec, exe);
+    }
     if (argc >= 3 && strcmp(argv[1], "idle") == 0) {
         return run_idle(strtol(argv[2], NULL, 10));
     }

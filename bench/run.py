@@ -1,25 +1,30 @@
-"""Run every benchmark once, print the figures and write them to bench/results/latest.json.
+"""Compare this exporter with process-exporter and API timestamps, and write the figures and plots.
 
-Measured, in this order:
+What ``make bench`` runs. The detection section is repeated ``--detection-repeats``
+times and the others ``--repeats`` times. The summary gives the median of the
+repeats and their spread (min to max):
 
-1. bench/procfs_scan.py: full /proc scan by ProcFS.scan() against psutil.
-2. Exit-detection latency and shutdown-duration error per source mode
-   (bench/detection.py), with an in-process exporter and 200 workers per mode.
-3. CPU and peak RSS of ``python -m exporter`` with 2,000 idle processes and 50
-   worker trees, without and with 20 worker exits a second (bench/cost.py).
+1. Exit-detection latency and 2. shutdown-duration error (bench/detection.py), then
+4. a fork storm (bench/forkstorm.py), with one exporter per event source and a
+   process-exporter watching the same workers (bench/session.py).
+3. CPU and peak RSS of every exporter at once with 500, 2,000 and 5,000 idle
+   processes, 50 workers and 20 worker exits a second (bench/cost.py).
+5. /metrics latency with 200 topologies of 4 workers and the diagnosis running
+   (bench/scrape_latency.py).
 
-Needs root (tracefs, the proc connector) and a C compiler for bench/holder.c.
-Usage: .venv/bin/python bench/run.py   (what ``make bench`` runs)
+Needs root (tracefs, the proc connector), gcc for bench/holder.c and Debian's
+prometheus-process-exporter (``make bench-deps``). Writes bench/results/latest.json,
+bench/results/summary.md, the servers' logs in bench/results/logs/, and the plots
+in docs/benchmarks/.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
-import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -36,20 +41,33 @@ sys.path.insert(2, str(ROOT / "tests"))
 
 import cost  # noqa: E402
 import detection  # noqa: E402
-from exporter import logs  # noqa: E402
+import forkstorm  # noqa: E402
+import report  # noqa: E402
+import scrape_latency  # noqa: E402
+import servers  # noqa: E402
 from kernel_truth import KernelTimes  # noqa: E402
+from session import Session  # noqa: E402
 from workload import Workload, build_holder  # noqa: E402
 
-RESULTS = BENCH / "results" / "latest.json"
-EXPORTER_LOG = BENCH / "results" / "exporter.log"  # the exporter of the cost phases
-DETECTION_LOG = BENCH / "results" / "detection.log"  # the in-process exporters
-WORKERS_PER_MODE = 200
-PROCFS_SCAN_TIMEOUT = 300
+RESULTS_DIR = BENCH / "results"
+LOG_DIR = RESULTS_DIR / "logs"
+PLOT_DIR = ROOT / "docs" / "benchmarks"
+SECTIONS = ("detection", "cost", "scrape")
+DETECTION_WORKERS = 100
 
-TARGET_DETECTION_P99_MS = 5.0  # with kernel sources
-TARGET_DURATION_ERROR_MS = 5.0
-TARGET_CPU_SECONDS_PER_MINUTE = 0.6  # 1% of one core
-TARGET_PEAK_RSS_MB = 80.0
+
+def exporter_commit() -> str | None:
+    """Return the checked-out commit, with "+changes" when the work tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "exporter"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def machine() -> dict[str, object]:
@@ -61,216 +79,272 @@ def machine() -> dict[str, object]:
                 break
     with open("/proc/loadavg", encoding="ascii") as loadavg:
         load = loadavg.read().split()[:3]
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        memory_kb = int(meminfo.readline().split()[1])
     return {
         "nproc": len(os.sched_getaffinity(0)),
+        "memory_gib": round(memory_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
         "cpu_model": model,
         "python": platform.python_version(),
+        "process_exporter": servers.process_exporter_version(),
+        "exporter_commit": exporter_commit() if servers.EXPORTER_TREE == ROOT else str(servers.EXPORTER_TREE),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_at_start": [float(value) for value in load],
+        "live_processes_at_start": cost.live_processes(),
     }
 
 
-def run_procfs_scan() -> dict[str, object]:
-    """Run bench/procfs_scan.py and return its two medians and their ratio."""
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "procfs_scan.py")],
-        capture_output=True,
-        text=True,
-        timeout=PROCFS_SCAN_TIMEOUT,
-    )
-    print(completed.stdout, end="")
-    if completed.returncode != 0:
-        raise RuntimeError(f"procfs_scan.py exited with status {completed.returncode}:\n{completed.stderr}")
-    patterns = {
-        "procfs_median_ms": r"ProcFS\.scan median: ([0-9.]+) ms",
-        "psutil_median_ms": r"psutil median: ([0-9.]+) ms",
-        "ratio_psutil_to_procfs": r"ratio psutil / ProcFS\.scan: ([0-9.]+)",
-        "processes_seen": r"processes seen: (.*)",
-    }
-    result: dict[str, object] = {}
-    for key, pattern in patterns.items():
-        match = re.search(pattern, completed.stdout)
-        if match is None:
-            raise RuntimeError(f"procfs_scan.py printed no line matching {pattern!r}")
-        result[key] = match[1] if key == "processes_seen" else float(match[1])
-    return result
-
-
-def log_to_file(path: Path) -> None:
-    """Send log records at info and above to ``path`` as the exporter formats and filters them.
-
-    The in-process exporters then pay what ``python -m exporter`` pays for logging,
-    without writing into the benchmark's output.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
-    handler.setFormatter(logs.LogfmtFormatter())
-    handler.addFilter(logs.RateLimit())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-def run_detection(binary: str) -> dict[str, object]:
-    log_to_file(DETECTION_LOG)
-    results: dict[str, object] = {}
+def run_detection(binary: str, repeats: int, workers: int) -> dict:
+    """Run the detection and fork-storm measurements, each repeat with fresh servers."""
+    runs: list[dict] = []
     truth = KernelTimes()
     truth.start()
-    workload = Workload(binary)
     try:
-        for mode in detection.MODES:
-            print(f"exit detection: mode {mode}, {WORKERS_PER_MODE} workers", flush=True)
+        for repeat in range(repeats):
+            workload = Workload(binary)
+            work_dir = Path(tempfile.mkdtemp(prefix="storm-bench-records-"))
+            session = Session(LOG_DIR, work_dir, repeat)
+            run: dict = {}
             try:
-                results[mode] = detection.measure_mode(mode, workload, truth, WORKERS_PER_MODE)
-            except Exception as error:  # one failed mode must not hide the others
-                traceback.print_exc()
-                results[mode] = {"error": f"{type(error).__name__}: {error}"}
+                session.start()
+                print(f"  repeat {repeat + 1}: detection, {workers} workers", flush=True)
+                run["detection"] = detection.measure(session, workload, truth, workers, repeat)
+                print(f"  repeat {repeat + 1}: fork storm", flush=True)
+                run["fork_storm"] = forkstorm.measure(session, workload, truth, repeat)
             finally:
+                run["stopped"] = session.close()
                 workload.close()
+                shutil.rmtree(work_dir, ignore_errors=True)
+            runs.append(run)
     finally:
-        workload.close()
         truth.close()
-    return results
+    return {"runs": runs}
 
 
-def run_cost(binary: str) -> dict[str, object]:
-    workload = Workload(binary)
-    EXPORTER_LOG.parent.mkdir(parents=True, exist_ok=True)
-    EXPORTER_LOG.unlink(missing_ok=True)
-    log_path = str(EXPORTER_LOG)
-    print(
-        f"steady-state cost: {cost.IDLE_PROCESSES} idle processes, {cost.LIVE_TREES} worker trees, "
-        f"{cost.PHASE_SECONDS:.0f} s without exits, {cost.PHASE_SECONDS:.0f} s with "
-        f"{cost.EXITS_PER_SECOND} exits/s",
-        flush=True,
-    )
+def run_cost(binary: str, repeats: int) -> dict:
+    runs: list[dict] = []
     kernel = KernelTimes()
     kernel.start()
     try:
-        result = cost.measure_cost(workload, kernel, log_path)
+        for repeat in range(repeats):
+            run = {}
+            for population in cost.POPULATIONS:
+                print(f"  repeat {repeat + 1}: {population} idle processes", flush=True)
+                workload = Workload(binary)
+                try:
+                    run[str(population)] = cost.measure_population(workload, kernel, population, LOG_DIR, repeat)
+                finally:
+                    workload.close()
+            runs.append(run)
+    finally:
+        kernel.close()
+    return {"runs": runs}
+
+
+def run_scrape(binary: str, repeats: int) -> dict:
+    workload = Workload(binary)
+    try:
+        return scrape_latency.measure(workload, LOG_DIR, repeats)
     finally:
         workload.close()
-        kernel.close()
-    result["exporter_log_warnings"] = _log_warnings(log_path)
-    return result
 
 
-def _log_warnings(log_path: str) -> list[str]:
-    """Return the exporter's warning and error lines, at most 20."""
-    lines = []
-    with open(log_path, encoding="utf-8", errors="replace") as log:
-        for line in log:
-            if "level=warning" in line or "level=error" in line:
-                lines.append(line.rstrip())
-    return lines[:20]
+def quick() -> None:
+    """Shrink every measurement for a trial run of a few minutes; its figures are not comparable."""
+    global DETECTION_WORKERS
+    DETECTION_WORKERS = 40
+    forkstorm.STORM_WORKERS = 20
+    forkstorm.STORM_PROCESSES = 2000
+    cost.POPULATIONS = (500, 2000)
+    cost.WINDOW_SECONDS = 15.0
+    scrape_latency.TOPOLOGIES = 50
+    scrape_latency.SCRAPES = {scrape_latency.EXPORTER: 30, scrape_latency.PEER: 5}
 
 
-def verdict(value: float | None, limit: float) -> str:
-    if value is None:
-        return "no data"
-    return "met" if value <= limit else "missed"
+def plan(args: argparse.Namespace) -> str:
+    lines = [
+        f"repeats: {args.detection_repeats} of detection, {args.repeats} of the others; "
+        f"sections: {', '.join(args.sections)}",
+        f"detection: {DETECTION_WORKERS} workers per repeat, sources {', '.join(detection.MODES)}, "
+        "process-exporter scraped back to back",
+        f"fork storm: {forkstorm.STORM_PROCESSES} processes in {forkstorm.STORM_MILLISECONDS} ms "
+        f"while {forkstorm.STORM_WORKERS} workers stop",
+        f"cost: populations {', '.join(map(str, cost.POPULATIONS))}, {cost.LIVE_TREES} workers, "
+        f"{cost.EXITS_PER_SECOND} exits/s, {cost.WINDOW_SECONDS:g} s windows",
+        f"/metrics latency: {scrape_latency.TOPOLOGIES} topologies x {scrape_latency.WORKERS_PER_TOPOLOGY} "
+        f"workers, --diagnostics.interval={scrape_latency.DIAGNOSTICS_INTERVAL}",
+        f"results: {RESULTS_DIR}/latest.json and summary.md; plots: {PLOT_DIR}"
+        + ("; py-spy flame graphs in the results" if args.profile else ""),
+    ]
+    return "\n".join(lines)
 
 
-def print_summary(results: dict) -> None:
-    print()
-    print("Exit detection (ms)                 p50      p99      max   target         |duration error| p50/p99/max")
-    for mode, figures in results.get("exit_detection", {}).items():
-        if "error" in figures:
-            print(f"  {mode:<18} failed: {figures['error']}")
-            continue
-        latency = figures["detection_latency"]
-        error = figures["duration_error"]
-        target = "p99 <= 5" if mode != "poll" else "(none)"
-        print(
-            f"  {mode:<18} {latency['p50_ms']:>12} {latency['p99_ms']:>8} {latency['max_ms']:>8}   {target:<14}"
-            f" {error['p50_ms']} / {error['p99_ms']} / {error['max_ms']}"
-            f"   outcomes {figures['outcomes']}"
-        )
-    costs = results.get("steady_state_cost", {})
-    if "error" in costs:
-        print(f"Steady-state cost failed: {costs['error']}")
-    for phase in ("steady", "churn"):
-        figures = costs.get(phase)
-        if not figures:
-            continue
-        print(
-            f"Cost {phase:<6} {figures['cpu_seconds_per_minute']} CPU-s/min "
-            f"({figures['percent_of_one_core']}% of one core, target 0.6), "
-            f"peak RSS {figures['peak_rss_mb']} MB (target 80)"
-        )
-    scan = results.get("procfs_scan", {})
-    if "procfs_median_ms" in scan:
-        print(
-            f"/proc scan: ProcFS {scan['procfs_median_ms']} ms, psutil {scan['psutil_median_ms']} ms, "
-            f"ratio {scan['ratio_psutil_to_procfs']}"
-        )
-    print()
-    for name, check in results["targets"].items():
-        print(f"  {name}: {check['value']} (target <= {check['limit']}) {check['verdict']}")
-    print(f"\nwritten to {RESULTS}")
+def check_prerequisites() -> list[str]:
+    """Return what is missing for a real run."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (tracefs and the proc connector)")
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        missing.append("a C compiler (gcc) for bench/holder.c")
+    if shutil.which(servers.PROCESS_EXPORTER) is None:
+        missing.append(f"{servers.PROCESS_EXPORTER} (run `make bench-deps` as root)")
+    if shutil.which("kill") is None:
+        missing.append("the kill command (procps)")
+    return missing
 
 
-def judge(results: dict) -> dict[str, dict]:
-    checks = {}
-    for mode, figures in results.get("exit_detection", {}).items():
-        if "error" in figures:
-            continue
-        if mode != "poll":
-            value = figures["detection_latency"]["p99_ms"]
-            checks[f"detection p99 ms, {mode}"] = (value, TARGET_DETECTION_P99_MS)
-        value = figures["duration_error"]["p99_ms"]
-        checks[f"duration error p99 ms, {mode}"] = (value, TARGET_DURATION_ERROR_MS)
-    for phase in ("steady", "churn"):
-        figures = results.get("steady_state_cost", {}).get(phase)
-        if figures:
-            checks[f"CPU-s per minute, {phase}"] = (figures["cpu_seconds_per_minute"], TARGET_CPU_SECONDS_PER_MINUTE)
-            checks[f"peak RSS MB, {phase}"] = (figures["peak_rss_mb"], TARGET_PEAK_RSS_MB)
-    return {
-        name: {"value": value, "limit": limit, "verdict": verdict(value, limit)}
-        for name, (value, limit) in checks.items()
-    }
+def dry_run(args: argparse.Namespace) -> int:
+    """Print the plan, compile the holder and check the plotting library, without measuring."""
+    print(plan(args))
+    import matplotlib  # noqa: F401  (the plots need it)
+
+    directory = tempfile.mkdtemp(prefix="storm-bench-dry-")
+    try:
+        build_holder(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    missing = check_prerequisites()
+    for item in missing:
+        print(f"missing for a real run: {item}")
+    print("dry run: nothing measured")
+    return 0
 
 
-def write(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+def replot() -> int:
+    path = RESULTS_DIR / "latest.json"
+    if not path.exists():
+        print(f"{path} not found: run bench/run.py first", file=sys.stderr)
+        return 1
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["summary"] = report.summarize(results)
+    write(results)
+    (RESULTS_DIR / "summary.md").write_text(report.markdown(results), encoding="utf-8")
+    for plotted in report.plot(results, PLOT_DIR):
+        print(f"plot: {plotted}")
+    return 0
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # runs the finally blocks that end every started process
 
 
-def main() -> int:
-    if os.geteuid() != 0:
-        print("bench/run.py needs root for tracefs and the proc connector; run it as root", file=sys.stderr)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare storm-termination-exporter with process-exporter and API timestamps.",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the cost and /metrics sections (default 3)")
+    parser.add_argument(
+        "--detection-repeats", type=int, default=5,
+        help="runs of the detection and fork-storm section, about 30 s each (default 5)",
+    )
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS),
+        help=f"comma list of sections to run, of {', '.join(SECTIONS)} (default all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter windows, for trials")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and check the set-up, then exit")
+    parser.add_argument(
+        "--exporter-tree", type=Path,
+        help="run the exporter package of another checkout, such as an older commit extracted with "
+        "`git archive COMMIT | tar -x -C DIR` (default: this repository)",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_DIR,
+        help=f"directory for latest.json, summary.md and the logs (default {RESULTS_DIR})",
+    )
+    parser.add_argument(
+        "--replot", action="store_true",
+        help=f"redraw the plots and summary.md from {RESULTS_DIR}/latest.json without measuring",
+    )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help=f"profile the tracefs,netlink exporter with py-spy during the cost windows and the first "
+        f"/metrics block; flame graphs go to {RESULTS_DIR}",
+    )
+    args = parser.parse_args(argv)
+    args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section {', '.join(unknown)}; expected some of {', '.join(SECTIONS)}")
+    if args.repeats < 1 or args.detection_repeats < 1:
+        parser.error(f"--repeats and --detection-repeats must be at least 1, got {args.repeats}, {args.detection_repeats}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        quick()
+    if args.exporter_tree is not None:
+        if not (args.exporter_tree / "exporter" / "__main__.py").is_file():
+            print(f"--exporter-tree {args.exporter_tree} has no exporter/__main__.py", file=sys.stderr)
+            return 2
+        servers.EXPORTER_TREE = args.exporter_tree.resolve()
+    set_results_dir(args.results)
+    if args.profile:
+        cost.PROFILE_DIR = RESULTS_DIR
+        scrape_latency.PROFILE_DIR = RESULTS_DIR
+    if args.dry_run:
+        return dry_run(args)
+    if args.replot:
+        return replot()
+    missing = check_prerequisites()
+    if missing:
+        print("bench/run.py cannot run; missing: " + "; ".join(missing), file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    print(plan(args), flush=True)
     started = time.monotonic()
-    results: dict = {"command": "make bench", "machine": machine()}
+    results: dict = {"command": " ".join(["bench/run.py", *(argv or sys.argv[1:])]),
+                     "machine": machine(), "repeats": args.repeats,
+                     "detection_repeats": args.detection_repeats, "quick": args.quick}
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     directory = tempfile.mkdtemp(prefix="storm-bench-")
+    failed = []
     try:
         binary = build_holder(directory)
-        sections = (
-            ("procfs_scan", run_procfs_scan),
-            ("exit_detection", lambda: run_detection(binary)),
-            ("steady_state_cost", lambda: run_cost(binary)),
-        )
-        for name, section in sections:
+        sections = {
+            "detection": lambda: run_detection(binary, args.detection_repeats, DETECTION_WORKERS),
+            "cost": lambda: run_cost(binary, args.repeats),
+            "scrape": lambda: run_scrape(binary, args.repeats),
+        }
+        for name in args.sections:
+            print(f"{name}:", flush=True)
+            section_started = time.monotonic()
             try:
-                results[name] = section()
-            except Exception as error:  # record it and go on with the next benchmark
+                results[name] = sections[name]()
+            except Exception as error:  # record it and go on with the next section
                 traceback.print_exc()
                 results[name] = {"error": f"{type(error).__name__}: {error}"}
+                failed.append(name)
+            results.setdefault("section_seconds", {})[name] = round(time.monotonic() - section_started, 1)
             write(results)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    results["targets"] = judge(results)
+    results["summary"] = report.summarize(results)
     write(results)
-    print_summary(results)
-    failed = [name for name in ("procfs_scan", "exit_detection", "steady_state_cost") if "error" in results[name]]
+    (RESULTS_DIR / "summary.md").write_text(report.markdown(results), encoding="utf-8")
+    for path in report.plot(results, PLOT_DIR):
+        print(f"plot: {path}")
+    print(report.markdown(results))
     return 1 if failed else 0
+
+
+def set_results_dir(directory: Path) -> None:
+    """Write results to ``directory``, and the plots too unless it is the default."""
+    global RESULTS_DIR, LOG_DIR, PLOT_DIR
+    if directory.resolve() != RESULTS_DIR.resolve():
+        PLOT_DIR = directory.resolve()
+    RESULTS_DIR = directory.resolve()
+    LOG_DIR = RESULTS_DIR / "logs"
+
+
+def write(results: dict) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "latest.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

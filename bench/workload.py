@@ -73,11 +73,14 @@ class Workload:
     idle: list[tuple[subprocess.Popen, list[tuple[int, int]]]] = field(default_factory=list)
     _serial: itertools.count = field(default_factory=lambda: itertools.count(1))
 
-    def start_tree(self, topology: str, shutdown_delay_ms: int = 0) -> Tree:
-        """Start a LogWriter holder with a Storm argv and wait for its worker's pid."""
+    def start_tree(self, topology: str, shutdown_delay_ms: int = 0, port: int | None = None) -> Tree:
+        """Start a LogWriter holder with a Storm argv and wait for its worker's pid.
+
+        Without ``port``, workers take the four ports of a default supervisor in turn.
+        """
         serial = next(self._serial)
         worker_id = str(uuid.uuid4())
-        port = 6700 + serial % 4
+        port = 6700 + serial % 4 if port is None else port
         argv = logwriter_argv(topology, worker_id, port)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "BENCH_SHUTDOWN_DELAY_MS": str(shutdown_delay_ms)}
@@ -105,6 +108,16 @@ class Workload:
         """Record ``time.monotonic()`` in ``request_time``, then send SIGTERM to the worker with kill(2)."""
         tree.request_time = time.monotonic()
         os.kill(tree.worker_pid, signal.SIGTERM)
+
+    def kill_command(self, tree: Tree) -> subprocess.Popen:
+        """Start ``kill -15 PID`` for the worker, as Storm's supervisor stops a worker.
+
+        ``request_time`` is ``time.monotonic()`` before the command starts; the
+        kernel's exec time of the command is the exact request. The caller waits
+        for the command.
+        """
+        tree.request_time = time.monotonic()
+        return subprocess.Popen(["kill", "-15", str(tree.worker_pid)], stdin=subprocess.DEVNULL)
 
     def reap(self, tree: Tree, timeout: float | None = None) -> int | None:
         """Wait for the LogWriter's exit status, then release the tree."""

@@ -16,11 +16,13 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.cgroup import PodCgroup
+from exporter.exposition import SampleCache
 from exporter.labels import bound_length
 from exporter.outcome import OUTCOMES
 from exporter.tracker import DURATION_BUCKETS, TRIGGERS, Histogram, Tracker
 
 STATES = ("running", "terminating")
+_EMPTY_HISTOGRAM = Histogram()  # shared by every histogram without observations; never changed
 UNRESOLVED = ("", "", "", "")
 
 
@@ -45,12 +47,16 @@ class StormCollector(Collector):
         self.sources: list[str] = list(sources)
         self.source_errors: defaultdict[str, int] = defaultdict(int)
         self.event_errors = 0
+        # Most series keep their value from one scrape to the next; their Sample
+        # objects are reused, so that exposition.Encoder reuses their lines.
+        self.cache = SampleCache()
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Iterator:
         with self.lock:
+            self.cache.begin()
             now = self.tracker.clock()
             yield from self._worker_families(now)
             yield from self._episode_families()
@@ -82,6 +88,7 @@ class StormCollector(Collector):
         counts = {(label, state): 0 for label in labels for state in STATES}
         oldest = {label: 0.0 for label in labels}
         seen_info: set[tuple[str, ...]] = set()
+        info_series: list[tuple[tuple[str, ...], int]] = []
         for worker in tracker.live_workers():
             state = "terminating" if worker.request_time is not None else "running"
             counts[(worker.label, state)] = counts.get((worker.label, state), 0) + 1
@@ -104,14 +111,14 @@ class StormCollector(Collector):
             # Workers whose argv lacks the ids would repeat a series: emit it once.
             if values not in seen_info:
                 seen_info.add(values)
-                info.add_metric(list(values), 1)
-        for (label, state), value in sorted(counts.items()):
-            workers.add_metric([label, state], value)
-        for label, age in sorted(oldest.items()):
-            pending.add_metric([label], age)
+                info_series.append((values, 1))
+        self.cache.add_all(info, info_series)
+        self.cache.add_all(workers, sorted(counts.items()))
+        self.cache.add_all(pending, [((label,), age) for label, age in sorted(oldest.items())])
         alive = tracker.leftover_counts()
-        for label in sorted(set(labels) | set(alive)):
-            leftovers.add_metric([label], alive.get(label, 0))
+        self.cache.add_all(
+            leftovers, [((label,), alive.get(label, 0)) for label in sorted(set(labels) | set(alive))]
+        )
         yield from (workers, info, pending, leftovers)
 
     def _episode_families(self) -> Iterator:
@@ -125,32 +132,32 @@ class StormCollector(Collector):
         escalations.update({(k,): v for k, v in tracker.escalations.items()})
         detected = {(label,): 0 for label in labels}
         detected.update({(k,): v for k, v in tracker.leftovers_detected.items()})
-        yield _counter(
+        yield self._counter(
             "storm_worker_exits",
             "Worker JVM exits by outcome: graceful, halted (exit 20 from Storm's shutdown "
             "watchdog), sigkill, crashed (no request) or unknown.",
             ["topology", "outcome"],
             exits,
         )
-        yield _counter(
+        yield self._counter(
             "storm_worker_sigkill_escalations",
             "Requested worker terminations that ended by SIGKILL.",
             ["topology"],
             escalations,
         )
-        yield _counter(
+        yield self._counter(
             "storm_worker_leftover_processes_detected",
             "Leftover processes found: alive after the leftover grace since their worker exited.",
             ["topology"],
             detected,
         )
-        yield _counter(
+        yield self._counter(
             "storm_worker_signals",
             "Signals generated for processes of worker trees, by signal and sender class.",
             ["topology", "signal", "sender"],
             tracker.signals,
         )
-        yield _counter(
+        yield self._counter(
             "storm_worker_kill_commands",
             "kill and worker-launcher commands aimed at a worker JVM or its LogWriter.",
             ["topology", "signal"],
@@ -158,7 +165,7 @@ class StormCollector(Collector):
         )
         failures = {(label, name): 0 for label in labels for name in ("SIGTERM", "SIGKILL")}
         failures.update(tracker.kill_failures)
-        yield _counter(
+        yield self._counter(
             "storm_worker_kill_failures",
             "kill and worker-launcher commands aimed at a worker JVM or its LogWriter that "
             "exited non-zero, so the signal was not sent (netlink).",
@@ -167,7 +174,7 @@ class StormCollector(Collector):
         )
         requests = {(label, trigger): 0 for label in labels for trigger in TRIGGERS}
         requests.update(tracker.termination_requests)
-        yield _counter(
+        yield self._counter(
             "storm_worker_termination_requests",
             "Requested worker terminations by where the request came from: the supervisor "
             "(its kill commands or signals), the pod's deletion, or other senders.",
@@ -181,15 +188,15 @@ class StormCollector(Collector):
         )
         # Histograms start at 0 too, with the outcomes the active sources can tell apart.
         timed = ("graceful", "halted", "sigkill") if tracker.exits_known or tracker.signals_visible else ("unknown",)
-        histograms = {(label, result): Histogram() for label in labels for result in timed}
+        histograms = {(label, result): _EMPTY_HISTOGRAM for label in labels for result in timed}
         histograms.update(tracker.durations)
-        for (label, result), histogram in sorted(histograms.items()):
-            buckets, cumulative = [], 0
-            for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram.counts):
-                cumulative += count
-                buckets.append((_bound(bound), cumulative))
-            durations.add_metric([label, result], buckets, histogram.total)
+        self.cache.add_histograms(durations, sorted(histograms.items()), _buckets)
         yield durations
+
+    def _counter(self, name: str, documentation: str, labels: list[str], values: dict) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, documentation, labels=labels)
+        self.cache.add_all(family, sorted(values.items()))
+        return family
 
     def _exporter_families(self) -> Iterator:
         tracker = self.tracker
@@ -208,7 +215,7 @@ class StormCollector(Collector):
         yield active
         lost = {(source,): 0 for source in self.sources if source != "poll"}
         lost.update({(k,): v for k, v in tracker.events_lost.items()})
-        yield _counter(
+        yield self._counter(
             "storm_termination_exporter_events_lost",
             "Events known to be lost: reported by the kernel, or found missing by a full scan.",
             ["source"],
@@ -216,7 +223,7 @@ class StormCollector(Collector):
         )
         source_errors = {(source,): 0 for source in self.sources}
         source_errors.update({(k,): v for k, v in self.source_errors.items()})
-        yield _counter(
+        yield self._counter(
             "storm_termination_exporter_event_source_errors",
             "Failures of an event source after it started; the exporter fell back.",
             ["source"],
@@ -243,11 +250,12 @@ class StormCollector(Collector):
         yield processes
 
 
-def _counter(name: str, documentation: str, labels: list[str], values: dict) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for key, value in sorted(values.items()):
-        family.add_metric(list(key), value)
-    return family
+def _buckets(histogram: Histogram) -> list[tuple[str, int]]:
+    buckets, cumulative = [], 0
+    for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram.counts):
+        cumulative += count
+        buckets.append((_bound(bound), cumulative))
+    return buckets
 
 
 def _bound(value: float) -> str:

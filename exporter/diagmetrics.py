@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from exporter.cgroup import PodCgroup
 from exporter.diagnostics import EMPTY, Diagnosis
+from exporter.exposition import SampleCache
 from exporter.sigstate import DISPOSITIONS
 
 ROLES = ("logwriter", "worker")
@@ -31,25 +32,45 @@ class DiagnosticsCollector(Collector):
     """
 
     def __init__(self, resolve_pod: PodResolver | None = None) -> None:
-        self.latest: Diagnosis = EMPTY
         self.resolve_pod: PodResolver = resolve_pod or unresolved
+        # Unchanged samples are reused, see exposition.Encoder. One cache serves the
+        # families built when a diagnosis is set, the other the init family built
+        # at each scrape, so that the two threads never share one.
+        self._cache = SampleCache()
+        self._init_cache = SampleCache()
+        self._state: tuple[Diagnosis, list] = (EMPTY, self._build(EMPTY))
+
+    @property
+    def latest(self) -> Diagnosis:
+        return self._state[0]
+
+    @latest.setter
+    def latest(self, diagnosis: Diagnosis) -> None:
+        """Replace the diagnosis and build its families on the calling thread, not at scrape time."""
+        self._state = (diagnosis, self._build(diagnosis))
 
     def describe(self) -> list:
         return []
 
     def collect(self) -> Iterator:
-        diagnosis = self.latest
-        yield from self._worker_families(diagnosis)
-        yield self._init_family(diagnosis)
+        diagnosis, families = self._state
+        yield from families[:-1]
+        yield self._init_family(diagnosis)  # pod names resolve as the pod watch learns them
+        yield families[-1]
+
+    def _build(self, diagnosis: Diagnosis) -> list:
+        self._cache.begin()
+        return [*self._worker_families(diagnosis), self._port_family(diagnosis)]
+
+    def _port_family(self, diagnosis: Diagnosis) -> GaugeMetricFamily:
         ports = GaugeMetricFamily(
             "storm_worker_port_conflicts",
             "Processes claiming a worker port on this node where it is claimed by two live "
             "worker JVMs of one network namespace or held in LISTEN by a leftover process.",
             labels=["port"],
         )
-        for port, count in sorted(diagnosis.port_conflicts.items()):
-            ports.add_metric([str(port)], count)
-        yield ports
+        self._cache.add_all(ports, [((str(port),), count) for port, count in sorted(diagnosis.port_conflicts.items())])
+        return ports
 
     def _worker_families(self, diagnosis: Diagnosis) -> Iterator:
         labels = set(diagnosis.labels) | {report.snapshot.label for report in diagnosis.workers}
@@ -81,8 +102,7 @@ class DiagnosticsCollector(Collector):
             "blocked (in every thread) or default.",
             labels=["topology", "role", "disposition"],
         )
-        for key, value in sorted(dispositions.items()):
-            family.add_metric(list(key), value)
+        self._cache.add_all(family, sorted(dispositions.items()))
         yield family
         family = GaugeMetricFamily(
             "storm_worker_signal_permission_denied",
@@ -90,8 +110,7 @@ class DiagnosticsCollector(Collector):
             "(no matching UID and no CAP_KILL).",
             labels=["topology"],
         )
-        for label, value in sorted(denied.items()):
-            family.add_metric([label], value)
+        self._cache.add_all(family, [((label,), value) for label, value in sorted(denied.items())])
         yield family
         family = GaugeMetricFamily(
             "storm_worker_user_unresolvable",
@@ -99,8 +118,7 @@ class DiagnosticsCollector(Collector):
             "/etc/passwd of their own root.",
             labels=["topology", "role"],
         )
-        for key, value in sorted(unresolvable.items()):
-            family.add_metric(list(key), value)
+        self._cache.add_all(family, sorted(unresolvable.items()))
         yield family
         family = GaugeMetricFamily(
             "storm_worker_pod_stop_unsafe",
@@ -109,8 +127,7 @@ class DiagnosticsCollector(Collector):
             "without a SIGTERM.",
             labels=["topology"],
         )
-        for label, value in sorted(unsafe.items()):
-            family.add_metric([label], value)
+        self._cache.add_all(family, [((label,), value) for label, value in sorted(unsafe.items())])
         yield family
 
     def _init_family(self, diagnosis: Diagnosis) -> GaugeMetricFamily:
@@ -120,6 +137,7 @@ class DiagnosticsCollector(Collector):
             "it does not handle SIGTERM, or it is a shell that did not exec.",
             labels=["namespace", "pod", "container", "reason"],
         )
+        self._init_cache.begin()
         counts: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
         for init in diagnosis.inits:
             if init.reason is None:
@@ -129,6 +147,5 @@ class DiagnosticsCollector(Collector):
             )
             # Containers whose pod is not known share the empty label values.
             counts[(namespace, pod, container, init.reason)] += 1
-        for key, value in sorted(counts.items()):
-            family.add_metric(list(key), value)
+        self._init_cache.add_all(family, sorted(counts.items()))
         return family

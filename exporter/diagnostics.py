@@ -315,9 +315,12 @@ class Diagnoser:
         self,
         proc: ProcFS,
         pre_stop: Callable[[PodCgroup], bool | None] | None = None,
+        give_way: Callable[[], None] | None = None,
     ) -> None:
         self.proc = proc
         self.pre_stop = pre_stop or (lambda cgroup: None)
+        # Called before each worker, so that a round can pause while /metrics is scraped.
+        self.give_way = give_way or (lambda: None)
         self._access_checked = False
 
     def _check_access(self) -> None:
@@ -349,6 +352,7 @@ class Diagnoser:
         namespaces: dict[Key, int | None] = {}
         users: dict[tuple, dict[int, str]] = {}
         for worker in snapshot.workers:
+            self.give_way()
             init = None
             if worker.init is not None:
                 init = inits.get(worker.init.pid)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from exporter.procfs import ProcFS, Status, parse_status, signal_set
+from exporter.procfs import ProcFS, parse_status, signal_set
 
 DISPOSITIONS = ("handled", "ignored", "blocked", "default")
 
@@ -87,8 +87,47 @@ def _check_signal(signum: int) -> None:
         raise ValueError(f"invalid signal number {signum}, expected 1 to 64")
 
 
+@dataclass(frozen=True, slots=True)
+class _SignalState:
+    """The lines of /proc/PID/status that settle a signal's disposition."""
+
+    state: str | None
+    sigblk: int | None
+    sigign: int | None
+    sigcgt: int | None
+
+
+def _signal_state(text: str) -> _SignalState | None:
+    """Read State, SigBlk, SigIgn and SigCgt from status text; None when a value is invalid.
+
+    Each key is looked up where a line starts, which is cheaper than parse_status
+    for a round over every worker. Name is the only line that a process chooses,
+    and the kernel escapes a newline in it, so it cannot forge a line.
+    """
+    text = "\n" + text  # so that the first line starts after a newline too
+    values = []
+    for key in ("State", "SigBlk", "SigIgn", "SigCgt"):
+        start = text.find(f"\n{key}:")
+        if start < 0:
+            values.append(None)
+            continue
+        start += len(key) + 2
+        end = text.find("\n", start)
+        raw = text[start:] if end < 0 else text[start:end]
+        try:
+            values.append(raw.split()[0] if key == "State" else int(raw.strip(), 16))
+        except (ValueError, IndexError):
+            return None
+    return _SignalState(*values)
+
+
+def _read_signal_state(dir_fd: int, name: str) -> _SignalState | None:
+    text = _read_text(name, dir_fd)
+    return None if text is None else _signal_state(text)
+
+
 def _disposition_at(pid_fd: int, signum: int) -> str | None:
-    leader = _read_status(pid_fd, "status")
+    leader = _read_signal_state(pid_fd, "status")
     if leader is None or leader.sigign is None or leader.sigcgt is None:
         return None
     bit = 1 << (signum - 1)
@@ -121,7 +160,7 @@ def _blocked_in_every_thread(pid_fd: int, bit: int) -> bool | None:
         live_threads = 0
         for tid in tids:
             # A thread that exits after the listing is skipped: it can no longer take the signal.
-            status = _read_status(task_fd, f"{tid}/status")
+            status = _read_signal_state(task_fd, f"{tid}/status")
             if status is None or status.sigblk is None or status.state in _EXITED_STATES:
                 continue
             live_threads += 1
@@ -184,16 +223,6 @@ def _find_hex_field(text: str, key: str) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _read_status(dir_fd: int, name: str) -> Status | None:
-    text = _read_text(name, dir_fd)
-    if text is None:
-        return None
-    try:
-        return parse_status(text)
-    except ValueError:
-        return None
 
 
 def _read_text(path: str, dir_fd: int | None = None) -> str | None:

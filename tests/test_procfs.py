@@ -505,3 +505,21 @@ def test_scan_includes_this_process():
     assert own.ppid == os.getppid()
     assert own.argv == parse_cmdline(Path("/proc/self/cmdline").read_bytes())
     assert own.threads >= 1
+
+
+def test_count_threads_of_live_and_gone_process():
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        expected = len(os.listdir(f"/proc/{os.getpid()}/task"))
+        assert procfs.ProcFS().count_threads(os.getpid()) == expected
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+    child = subprocess.Popen(SLEEPER)
+    child.kill()
+    child.wait()
+    assert procfs.ProcFS().count_threads(child.pid) is None

@@ -4,9 +4,11 @@ A full scan reads every process and reconciles the tracker with it, whatever
 other sources run, so events that a kernel source lost are recovered. When no
 proc connector runs, ``quick`` mode also polls every ``interval``: new pids are
 read, and tracked processes get a pidfd that becomes readable at the exact
-moment they exit. When no signal source runs, ``signal_threads`` mode checks the
-JVMs of worker trees every 0.2 s for HotSpot's "SIGTERM handler" thread, whose
-start time is when the JVM received SIGTERM.
+moment they exit. A thread of its own waits on those pidfds, so an exit is
+timed when it happens even while a poll or a full scan runs. When no signal
+source runs, ``signal_threads`` mode checks the JVMs of worker trees every 0.2 s
+for HotSpot's "SIGTERM handler" thread, whose start time is when the JVM
+received SIGTERM.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ SIGNAL_THREAD_CHECK_SECONDS = 0.2
 # to run, a millisecond or so after its creation.
 NAMING_SECONDS = 1.0
 
+# The exit waiter thread runs as SCHED_RR at this priority when the process may
+# (CAP_SYS_NICE), else at this nice value, so that a busy node does not delay
+# the moment it takes an exit's time.
+EXIT_WAITER_RT_PRIORITY = 1
+EXIT_WAITER_NICE = -10
+_EXIT_WAIT_MS = 200
+
 
 class PollSource:
     """Scan /proc on a timer; see the module docstring for ``quick`` mode.
@@ -71,6 +80,7 @@ class PollSource:
         tracked: Tracked = lambda: (),
         on_scan: Callable[[float], None] = lambda seconds: None,
         on_error: Callable[[], None] = lambda: None,
+        give_way: Callable[[], None] = lambda: None,
     ) -> None:
         self.procfs = procfs
         self.interval = interval
@@ -80,9 +90,16 @@ class PollSource:
         self.tracked = tracked
         self.on_scan = on_scan
         self.on_error = on_error
+        self.give_way = give_way  # called between parts of a full scan, see exporter.foreground
         self._known: set[int] = set()
         self._young: dict[int, tuple[str, ...]] = {}
+        # The pidfds of tracked processes, shared with the exit waiter thread under
+        # _pidfd_lock. A pidfd that is no longer wanted is retired, and the waiter
+        # closes it, so that it never polls an fd number that was closed and reused.
         self._pidfds: dict[tuple[int, int], int] = {}
+        self._retired: list[int] = []
+        self._pidfd_lock = threading.Lock()
+        self._wakeup: tuple[int, int] | None = None  # pipe that makes the waiter reread _pidfds
         self._threads: dict[int, int] = {}
         self._named: dict[int, set[int]] = {}  # pid -> tids whose name was read for good
         self._unnamed: dict[int, dict[int, float]] = {}  # pid -> tid -> first read
@@ -93,12 +110,26 @@ class PollSource:
         """Nothing to acquire; /proc is checked by the first scan."""
 
     def close(self) -> None:
-        for fd in self._pidfds.values():
-            os.close(fd)
-        self._pidfds.clear()
+        with self._pidfd_lock:
+            for fd in [*self._pidfds.values(), *self._retired]:
+                os.close(fd)
+            self._pidfds.clear()
+            self._retired.clear()
+            wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            for fd in wakeup:
+                os.close(fd)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Scan and poll until ``stop``; a failed round is logged, counted and retried."""
+        waiter = threading.Thread(target=self._wait_exits, args=(emit, stop), name="poll-exits", daemon=True)
+        waiter.start()
+        try:
+            self._run(emit, stop)
+        finally:
+            waiter.join(timeout=1.0)
+
+    def _run(self, emit: Emit, stop: threading.Event) -> None:
         next_scan = 0.0
         while not stop.is_set():
             now = time.monotonic()
@@ -123,9 +154,10 @@ class PollSource:
 
     def scan(self, emit: Emit) -> None:
         started = time.monotonic()
-        processes = self.procfs.scan()
+        processes = self.procfs.scan(give_way=self.give_way)
         duration = time.monotonic() - started
         self._known = set(processes)
+        self.give_way()  # the tracker applies the scan under the lock that scrapes need
         emit(ScanCompleted(time=time.monotonic(), processes=processes, duration=duration))
         self.on_scan(duration)
 
@@ -151,10 +183,23 @@ class PollSource:
 
     def _open_pidfds(self) -> None:
         tracked = {(pid, start_ticks) for pid, start_ticks, _ in self.tracked()}
+        opened = {}
         for key in tracked - set(self._pidfds):
-            self._open_pidfd(key)
-        for key in set(self._pidfds) - tracked:
-            os.close(self._pidfds.pop(key))
+            fd = self._open_pidfd(key)
+            if fd is not None:
+                opened[key] = fd
+        with self._pidfd_lock:
+            changed = bool(opened)
+            self._pidfds.update(opened)
+            for key in set(self._pidfds) - tracked:
+                self._retired.append(self._pidfds.pop(key))
+                changed = True
+            wakeup = self._wakeup
+        if changed and wakeup is not None:
+            try:
+                os.write(wakeup[1], b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full, so the waiter wakes anyway
 
     def check_jvms(self, emit: Emit) -> None:
         """Look for new "<SIGNAL> handler" threads in the JVMs of worker trees."""
@@ -167,18 +212,18 @@ class PollSource:
             self._unnamed.pop(pid, None)
         self._signal_seen = {seen for seen in self._signal_seen if seen[0] in jvms}
 
-    def _open_pidfd(self, key: tuple[int, int]) -> None:
+    def _open_pidfd(self, key: tuple[int, int]) -> int | None:
         pid, start_ticks = key
         try:
             fd = os.pidfd_open(pid)
         except OSError as error:
             logger.debug("pidfd_open failed pid=%d: %s", pid, error)
-            return
+            return None
         stat = self.procfs.read_stat(pid)
         if stat is None or stat.start_ticks != start_ticks:
             os.close(fd)  # the pid now belongs to another process
-            return
-        self._pidfds[key] = fd
+            return None
+        return fd
 
     def _check_signal_threads(self, emit: Emit, pid: int) -> None:
         """Read the names of a JVM's new threads, and again of those named too late.
@@ -186,13 +231,13 @@ class PollSource:
         A thread gets its name from itself shortly after it starts, so a thread
         read before that is read again on later checks for NAMING_SECONDS.
         """
-        stat = self.procfs.read_stat(pid)
-        if stat is None:
+        threads = self.procfs.count_threads(pid)
+        if threads is None:
             return
         unnamed = self._unnamed.setdefault(pid, {})
-        if self._threads.get(pid) == stat.num_threads and not unnamed:
+        if self._threads.get(pid) == threads and not unnamed:
             return
-        self._threads[pid] = stat.num_threads
+        self._threads[pid] = threads
         now = time.monotonic()
         known = self._named.setdefault(pid, set())
         for tid in self.procfs.list_tasks(pid):
@@ -219,8 +264,7 @@ class PollSource:
             emit(JvmSignalThreadSeen(time=seen, pid=pid, signal=signum))
 
     def _wait(self, emit: Emit, stop: threading.Event, deadline: float) -> None:
-        """Sleep until ``deadline`` or ``stop``, reporting pidfd exits as they happen
-        and checking JVMs for signal threads on their own cadence."""
+        """Sleep until ``deadline`` or ``stop``, checking JVMs for signal threads on their own cadence."""
         next_check = time.monotonic()
         while not stop.is_set():
             now = time.monotonic()
@@ -232,17 +276,61 @@ class PollSource:
             step = min(deadline - now, 0.2)
             if self.signal_threads:
                 step = min(step, max(0.0, next_check - time.monotonic()))
-            fds = {fd: key for key, fd in self._pidfds.items()}
-            if not fds:
-                stop.wait(step)
-                continue
+            stop.wait(step)
+
+    def _wait_exits(self, emit: Emit, stop: threading.Event) -> None:
+        """Report the exit of each tracked process when its pidfd becomes readable, until ``stop``."""
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with self._pidfd_lock:
+            self._wakeup = (read_end, write_end)
+        _raise_thread_priority()
+        while not stop.is_set():
+            with self._pidfd_lock:
+                if self._wakeup is None:
+                    return  # closed
+                for fd in self._retired:
+                    os.close(fd)
+                self._retired.clear()
+                fds = {fd: key for key, fd in self._pidfds.items()}
             # poll(), not select(): pidfds of a busy node pass select()'s fd limit of 1024.
             poller = select.poll()
+            poller.register(read_end, select.POLLIN)
             for fd in fds:
                 poller.register(fd, select.POLLIN)
-            ready = poller.poll(step * 1000)
+            ready = poller.poll(_EXIT_WAIT_MS)
             exited = time.monotonic()
             for fd, _ in ready:
-                pid, start_ticks = fds[fd]
-                os.close(self._pidfds.pop((pid, start_ticks)))
+                if fd == read_end:
+                    _drain(read_end)
+                    continue
+                key = fds[fd]
+                with self._pidfd_lock:
+                    if self._pidfds.get(key) != fd:
+                        continue  # retired meanwhile
+                    del self._pidfds[key]
+                    os.close(fd)
+                pid, start_ticks = key
                 emit(ProcessExited(time=exited, pid=pid, start_ticks=start_ticks))
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _raise_thread_priority() -> None:
+    """Run the calling thread as SCHED_RR when allowed, else at EXIT_WAITER_NICE."""
+    thread_id = threading.get_native_id()
+    try:
+        os.sched_setscheduler(thread_id, os.SCHED_RR, os.sched_param(EXIT_WAITER_RT_PRIORITY))
+        return
+    except OSError as error:
+        logger.debug("Setting SCHED_RR failed for the exit waiter thread %d: %s", thread_id, error.strerror)
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread_id, EXIT_WAITER_NICE)
+    except OSError as error:
+        logger.debug("Setting nice %d failed for the exit waiter thread %d: %s",
+                     EXIT_WAITER_NICE, thread_id, error.strerror)
