@@ -323,18 +323,18 @@ class Diagnoser:
         self.give_way = give_way or (lambda: None)
         self._access_checked = False
 
-    def _check_access(self) -> None:
-        """Log once when other processes' links cannot be read, which makes readings unknown."""
+    def _check_access(self, pid: int) -> None:
+        """Log once when a worker's links cannot be read, which makes readings unknown."""
         self._access_checked = True
-        path = os.path.join(self.proc.root, "1", "root")
+        path = os.path.join(self.proc.root, str(pid), "root")
         try:
-            os.listdir(path)
+            os.readlink(path)
         except PermissionError:
             logger.warning(
-                "Cannot read %s: permission denied. Without CAP_SYS_PTRACE the diagnosis "
-                "cannot read other users' passwd files, working directories and sockets, so "
-                "their users, pid files and port holders are reported as unknown.",
-                path,
+                "Cannot read %s of worker pid=%d: permission denied. Without CAP_SYS_PTRACE "
+                "the diagnosis cannot read other users' passwd files, working directories and "
+                "sockets, so their users, pid files and port holders are reported as unknown.",
+                path, pid,
             )
         except OSError:
             pass
@@ -345,8 +345,8 @@ class Diagnoser:
         A process that exited since the snapshot, or whose pid now belongs to
         another process, gets unknown fields and no finding from /proc.
         """
-        if not self._access_checked:
-            self._check_access()
+        if not self._access_checked and snapshot.workers:
+            self._check_access(snapshot.workers[0].worker.pid)
         inits: dict[int, ContainerInit] = {}
         reports = []
         namespaces: dict[Key, int | None] = {}

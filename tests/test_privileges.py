@@ -421,6 +421,7 @@ def assert_reads_everything(run: Run, workload: Workload) -> None:
     assert sorted(run.debug["port_conflicts"][str(workload.port)]["pids"]) == sorted(
         [workload.worker_pid, workload.leftover_pid]
     )
+    assert "Without CAP_SYS_PTRACE" not in run.output
 
 
 def test_full_profile(full, workload):
