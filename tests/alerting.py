@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
-from tests.servers import free_port, http_get
+from tests.servers import free_port, http_get, wait_http_ready
 
 
 class WebhookReceiver:
@@ -147,17 +147,7 @@ class Alertmanager:
         return f"http://{self.address}"
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if http_get(f"{self.url}/-/ready", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"alertmanager not ready after {timeout}s:\n{self.output()}")
+        wait_http_ready(self.process, f"{self.url}/-/ready", "alertmanager", self.output, timeout)
 
     def alerts(self) -> list[dict]:
         """Return the alerts stored in Alertmanager now (GET /api/v2/alerts), silenced and inhibited ones included."""

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,6 +34,23 @@ def http_get(url: str, timeout: float = 5.0, headers: dict | None = None) -> tup
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
+
+
+def wait_http_ready(
+    process: subprocess.Popen, url: str, name: str, output: Callable[[], str], timeout: float
+) -> None:
+    """Poll ``url`` until it returns 200; raise with ``output()`` when ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{output()}")
+        try:
+            if http_get(url, timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} not ready after {timeout}s:\n{output()}")
 
 
 class ExporterProcess:
@@ -163,17 +180,7 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited:\n{self.output()}")
-            try:
-                if http_get(f"http://127.0.0.1:{self.port}/-/ready", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"prometheus not ready:\n{self.output()}")
+        wait_http_ready(self.process, f"{self.url}/-/ready", "prometheus", self.output, timeout)
 
     def query(self, expression: str) -> list[dict]:
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
