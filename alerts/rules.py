@@ -583,7 +583,7 @@ def exporter_alerts(config: Config) -> list[dict]:
 def _exporter_down(config: Config) -> dict:
     # Three ways a node loses its exporter, distinguished by the value and the node
     # label: a target that fails its scrapes (0), a node that kube-state-metrics
-    # knows but no target runs on (1, node label), or no target at all (1, from
+    # lists but no target runs on (1, node label), or no target at all (1, from
     # absent(), no node label).
     up = _select(config, "up")
     branches = [f"max {_by(config)} ({up}) == 0"]

@@ -1,4 +1,4 @@
-"""What a signal would do to a process, and whether one process may signal another.
+"""Signal dispositions of a process, and the kill(2) permission of one process over another.
 
 Everything is read from /proc/PID/status and /proc/PID/task/TID/status through a
 ProcFS root, so a node agent can inspect processes in any container on the host.

@@ -172,7 +172,7 @@ class Tracker:
         self.kill_commands: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.kill_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
         # Kill commands aimed at workers, until their exit: command key -> (worker key,
-        # target key, signal name). Their exit status tells whether the signal was sent.
+        # target key, signal name). Their exit status shows whether the signal was sent.
         self._pending_kills: dict[Key, list[tuple[Key, Key, str]]] = {}
         self.termination_requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.events_lost: defaultdict[str, int] = defaultdict(int)

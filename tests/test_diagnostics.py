@@ -166,7 +166,8 @@ def test_supervisor_of_other_user_cannot_signal(node):
     report = report_of(diagnose(), tree)
     assert codes(report) == ["signal_permission_denied"]
     assert report.signal_permitted is False
-    assert "uid 2001" in report.verdict and "uid 1001" in report.verdict
+    assert "uid 2001" in report.verdict
+    assert "uid 1001" in report.verdict
     # The kernel agrees: a real kill from the supervisor's user fails with EPERM.
     kill = subprocess.run(
         ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",

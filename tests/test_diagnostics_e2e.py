@@ -1,6 +1,6 @@
 """The running exporter's diagnosis: metrics, /debug/workers and `diagnose` agree.
 
-The exporter runs with its kernel sources, so it also sees kill commands fail
+The exporter runs with its kernel sources, so it also observes kill commands fail
 (netlink exit statuses) and leftovers that keep a worker's port.
 """
 

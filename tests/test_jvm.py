@@ -83,7 +83,7 @@ def test_jvm_sigterm_shutdown(classes, mode):
 @pytest.mark.parametrize(("options", "disposition"), [((), "handled"), (("-Xrs",), "default")])
 def test_jvm_sigterm_disposition(classes, options, disposition):
     # HotSpot installs its SIGTERM handler, which runs the shutdown hooks, unless
-    # -Xrs tells it to leave the signal alone.
+    # -Xrs is given, which leaves the signal alone.
     from exporter.diagnostics import WorkerReport
     from exporter.diagreport import diagnose_node
     from exporter.procfs import ProcFS

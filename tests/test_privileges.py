@@ -535,7 +535,7 @@ def test_full_as_non_root(full, workload):
     assert run.status["CapAmb"] == "0" * 16
     assert run.status["CapInh"] == f"{capability_mask(full.capabilities):016x}"
     assert run.sources == {"netlink"}
-    # /sys/kernel/tracing is mode 0700, and the log line says that root is missing.
+    # /sys/kernel/tracing is mode 0700, and the log line names root as what is missing.
     assert "unavailable=(tracefs: cannot read /sys/kernel/tracing: permission denied." in run.output
     assert_without_sys_ptrace(run)
     assert_clean_stop(run)
