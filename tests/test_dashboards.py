@@ -339,7 +339,10 @@ def scenario(tmp_path_factory):
     api.upsert(supervisor_pod("storm-supervisor-0", pod_uid, NODE, deleted_ago=None, exit_code=None,
                               container_hex=container_hex))
     leaf = kubelet_leaf(pod_uid, container_hex)
-    flags = ["--leftover.grace=1s", "--scan.interval=2s", *watch_flags(api, tmp_path_factory.mktemp("kube"))]
+    flags = [
+        "--leftover.grace=1s", "--scan.interval=2s", "--diagnostics.interval=1s",
+        *watch_flags(api, tmp_path_factory.mktemp("kube")),
+    ]
     try:
         with ExporterProcess(*flags) as exporter, StormTrees(shutdown_sleep=0.5) as trees:
             exporter.wait_ready()
@@ -403,7 +406,7 @@ def _run_scenario(api: FakeKubeAPI, trees: StormTrees, prometheus: Prometheus, l
         f'{generate.GRACE_PERIOD_MAX}{{topology="{names["steady"]}"}}',
         f'{generate.ESCALATIONS_INCREASE}{{topology="{names["stuck"]}"}} > 0',
         f'{generate.SHUTDOWN_BUCKET_RATE}{{topology="{names["graceful"]}", le="+Inf"}} > 0',
-        # The diagnosis runs every 15 s by default, so the steady worker may wait that long.
+        # The diagnosis runs every second here, so its gauges cover every topology.
         f'storm_worker_sigterm_disposition{{topology="{names["steady"]}"}} > 0',
     ]
     for expression in conditions:
